@@ -1,0 +1,43 @@
+# make demo / make test do all of their own set-up on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: setup demo test check lint typecheck bench clean zbar migrate
+
+setup: $(STAMP) zbar migrate
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+zbar:
+	@sh scripts/ensure-zbar
+
+migrate: $(STAMP)
+	$(BIN)/cardbot db upgrade
+
+demo: setup
+	$(BIN)/cardbot demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+check: lint typecheck test
+
+bench: setup
+	$(BIN)/python bench/dialogue.py
+	$(BIN)/python bench/vision.py ../shared/data/barcodes
+
+clean:
+	rm -rf $(VENV) var/*.db var/*.db-* .pytest_cache .mypy_cache .ruff_cache
