@@ -1,0 +1,101 @@
+"""The error tree of cardbot. Each user-facing error carries a message-catalog key.
+
+    CardbotError
+    ├── UserError                      bad input or a refusal the user can act on (key → message)
+    │   ├── CardNotRecognised          number matches no brand / fails its check digit
+    │   ├── CardNotFound               the issuer has no such card
+    │   ├── WrongSecret                secret does not match
+    │   ├── CardUnusable               used / frozen / expired / empty (reason in .key)
+    │   ├── InvalidIdentity            name, resident ID or phone rejected
+    │   ├── InvalidPayoutAccount       payout account malformed
+    │   └── QuoteExpired               a locked quote ran out before it was accepted
+    ├── ExternalError                  a port failed in a way that is not the user's fault
+    │   ├── IssuerUnavailable
+    │   └── PayoutOutcomeUnknown       timeout / 5xx / unknown code: query, never re-send anew
+    ├── IntegrityError                 an invariant would break (unbalanced ledger, negative balance,
+    │                                  illegal state transition, concurrent update)
+    │   ├── LedgerError
+    │   ├── IllegalTransition
+    │   └── ConcurrentUpdate
+    └── DecryptionError                ciphertext does not open under any key / wrong row binding
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class CardbotError(Exception):
+    """Root of every error cardbot raises on purpose."""
+
+
+class UserError(CardbotError):
+    """A refusal the user can act on; ``key`` names its message in the catalog."""
+
+    key = "error.generic"
+
+    def __init__(self, key: str | None = None, **params: Any) -> None:
+        if key is not None:
+            self.key = key
+        self.params = params
+        super().__init__(self.key)
+
+
+class CardNotRecognised(UserError):
+    key = "error.card_not_recognised"
+
+
+class CardNotFound(UserError):
+    key = "error.card_not_found"
+
+
+class WrongSecret(UserError):
+    key = "error.wrong_secret"
+
+
+class CardUnusable(UserError):
+    key = "error.card_unusable"
+
+
+class InvalidIdentity(UserError):
+    key = "error.invalid_identity"
+
+
+class InvalidPayoutAccount(UserError):
+    key = "error.invalid_payout_account"
+
+
+class QuoteExpired(UserError):
+    key = "error.quote_expired"
+
+
+class ExternalError(CardbotError):
+    """A port failed; not the user's fault."""
+
+
+class IssuerUnavailable(ExternalError):
+    pass
+
+
+class PayoutOutcomeUnknown(ExternalError):
+    """The provider may or may not have executed the transfer; query under the same reference."""
+
+
+class IntegrityError(CardbotError):
+    """An invariant would break."""
+
+
+class LedgerError(IntegrityError):
+    pass
+
+
+class IllegalTransition(IntegrityError):
+    pass
+
+
+class ConcurrentUpdate(IntegrityError):
+    pass
+
+
+class DecryptionError(CardbotError):
+    pass

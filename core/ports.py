@@ -1,0 +1,393 @@
+"""Ports: everything outside the business, as Protocols. Adapters live in vision/, storage/, bot/."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from types import TracebackType
+from typing import Protocol, Self
+
+from core.messages import Reply
+from core.model import (
+    AuditEvent,
+    Card,
+    CardStatus,
+    ChannelIdentity,
+    Consent,
+    ConversationState,
+    LedgerTransaction,
+    Order,
+    OrderStatus,
+    Payout,
+    PayoutAccount,
+    PayoutMethod,
+    PayoutState,
+    Quote,
+    User,
+)
+
+# --------------------------------------------------------------------------------------------
+# Vision
+
+
+@dataclass(frozen=True)
+class Barcode:
+    symbology: str  # "EAN13", "EAN8", "UPCA", "UPCE", "CODE128", "CODE39", "I25", "QRCODE"
+    text: str
+
+
+@dataclass(frozen=True)
+class CardReading:
+    """What a photo says: decoded barcodes (most trustworthy first), digit runs read by OCR,
+    and photo-quality hints (``dark``, ``bright``, ``blurred``, ``too_small``, ``no_card``,
+    ``not_an_image``, ``too_large``) when nothing could be read."""
+
+    barcodes: tuple[Barcode, ...] = ()
+    digits: tuple[str, ...] = ()
+    hints: tuple[str, ...] = ()
+    ms: float = 0.0
+
+    @property
+    def candidates(self) -> tuple[str, ...]:
+        """Card-number candidates in order of trust: barcodes first, then OCR digits."""
+        seen: dict[str, None] = {}
+        for text in [b.text for b in self.barcodes] + list(self.digits):
+            seen.setdefault(text, None)
+        return tuple(seen)
+
+
+class CardReader(Protocol):
+    async def read(self, image: bytes) -> CardReading:
+        """Read barcodes / printed digits from image bytes; never raises on bad images."""
+        ...
+
+
+# --------------------------------------------------------------------------------------------
+# Issuer
+
+
+@dataclass(frozen=True)
+class CardVerification:
+    status: CardStatus
+    face_value_fen: int
+    balance_fen: int
+    expires: date
+    used_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Redemption:
+    reference: str
+    amount_fen: int
+    redeemed_at: datetime
+
+
+class CardIssuer(Protocol):
+    async def verify(self, brand: str, number: str, secret: str | None) -> CardVerification:
+        """Status, balance and expiry; raises CardNotFound, WrongSecret, IssuerUnavailable."""
+        ...
+
+    async def redeem(
+        self, brand: str, number: str, secret: str | None, amount_fen: int, reference: str
+    ) -> Redemption:
+        """Take the balance off the card; idempotent per ``reference``."""
+        ...
+
+
+# --------------------------------------------------------------------------------------------
+# Payouts
+
+
+@dataclass(frozen=True)
+class PayoutRequest:
+    reference: str
+    method: PayoutMethod
+    account: str  # plaintext, only in memory on the way to the provider
+    holder_name: str
+    amount_fen: int
+
+
+@dataclass(frozen=True)
+class PayoutResult:
+    reference: str
+    state: PayoutState  # SUCCEEDED, FAILED, PROCESSING; UNKNOWN when the provider has no record
+    provider_txn_id: str | None = None
+    failure_reason: str | None = None
+    completed_at: datetime | None = None
+
+
+class PayoutGateway(Protocol):
+    async def transfer(self, request: PayoutRequest) -> PayoutResult:
+        """Send money; idempotent per reference; raises PayoutOutcomeUnknown when unsure."""
+        ...
+
+    async def query(self, reference: str) -> PayoutResult:
+        """The provider's view of a transfer; raises PayoutOutcomeUnknown when unreachable."""
+        ...
+
+
+# --------------------------------------------------------------------------------------------
+# Secrets at rest
+
+
+class Vault(Protocol):
+    def encrypt(self, plaintext: str, context: str) -> bytes:
+        """AEAD-encrypt; ``context`` (e.g. "card.number:42") is bound as associated data."""
+        ...
+
+    def decrypt(self, blob: bytes, context: str) -> str:
+        """Open a blob made by encrypt with the same context; raises DecryptionError."""
+        ...
+
+    def fingerprint(self, kind: str, value: str) -> str:
+        """Keyed HMAC of a normalised value, for equality lookups without plaintext."""
+        ...
+
+
+class Clock(Protocol):
+    def now(self) -> datetime:
+        """The current time, timezone-aware (UTC)."""
+        ...
+
+
+class Notifier(Protocol):
+    async def notify(self, channel: str, user_key: str, reply: Reply) -> None:
+        """Send a message to a user outside the request/response of a conversation."""
+        ...
+
+
+# --------------------------------------------------------------------------------------------
+# Repositories and the unit of work. Repositories never commit.
+
+
+class InboxRepository(Protocol):
+    async def claim(self, channel: str, external_id: str, at: datetime) -> bool:
+        """Record an inbound message id; False if it was already recorded (a redelivery)."""
+        ...
+
+
+class ConversationRepository(Protocol):
+    async def get(self, channel: str, user_key: str) -> ConversationState | None:
+        """The conversation of a channel user, or None."""
+        ...
+
+    async def save(self, state: ConversationState) -> ConversationState:
+        """Insert or update; the stored version must equal ``state.version`` (else
+        ConcurrentUpdate); returns the state with version + 1."""
+        ...
+
+
+class UserRepository(Protocol):
+    async def for_channel(
+        self, channel: str, external_id: str, chat_id: str, language: str, at: datetime
+    ) -> tuple[User, ChannelIdentity]:
+        """The user behind a channel identity, created on first contact."""
+        ...
+
+    async def get(self, user_id: int) -> User:
+        """A user by id; raises KeyError."""
+        ...
+
+    async def update(self, user: User) -> None:
+        """Store changed fields of a user."""
+        ...
+
+    async def identities(self, user_id: int) -> Sequence[ChannelIdentity]:
+        """Every channel identity of a user."""
+        ...
+
+    async def find_by_id_number_fp(self, id_number_fp: str) -> Sequence[User]:
+        """Users who registered a resident ID with this fingerprint."""
+        ...
+
+
+class ConsentRepository(Protocol):
+    async def add(self, consent: Consent) -> Consent:
+        """Record a consent (append-only)."""
+        ...
+
+    async def has(self, user_id: int, kind: str, version: str) -> bool:
+        """Whether the user gave this consent."""
+        ...
+
+
+class CardRepository(Protocol):
+    async def add(self, card: Card) -> Card:
+        """Insert a card; returns it with its id."""
+        ...
+
+    async def get(self, card_id: int) -> Card:
+        """A card by id; raises KeyError."""
+        ...
+
+    async def update(self, card: Card) -> None:
+        """Store changed fields of a card."""
+        ...
+
+
+class QuoteRepository(Protocol):
+    async def add(self, quote: Quote) -> Quote:
+        """Insert a quote; returns it with its id."""
+        ...
+
+    async def get(self, quote_id: int) -> Quote:
+        """A quote by id; raises KeyError."""
+        ...
+
+
+class OrderRepository(Protocol):
+    async def add(self, order: Order) -> Order:
+        """Insert an order; returns it with its id."""
+        ...
+
+    async def get(self, order_id: int) -> Order:
+        """An order by id; raises KeyError."""
+        ...
+
+    async def update(self, order: Order) -> None:
+        """Store changed fields (status, risk, payout account, timestamps)."""
+        ...
+
+    async def for_user(self, user_id: int, limit: int = 10) -> Sequence[Order]:
+        """A user's orders, newest first."""
+        ...
+
+    async def recent(self, limit: int = 50) -> Sequence[Order]:
+        """All orders, newest first."""
+        ...
+
+    async def with_card_fp(self, card_fp: str, statuses: Sequence[OrderStatus]) -> Sequence[Order]:
+        """Orders for the same physical card in any of the given statuses."""
+        ...
+
+    async def payout_total(
+        self, user_id: int, since: datetime, until: datetime, statuses: Sequence[OrderStatus]
+    ) -> int:
+        """Sum of payout_fen of a user's orders created in [since, until) in those statuses."""
+        ...
+
+
+class PayoutAccountRepository(Protocol):
+    async def add(self, account: PayoutAccount) -> PayoutAccount:
+        """Insert; returns it with its id."""
+        ...
+
+    async def get(self, account_id: int) -> PayoutAccount:
+        """By id; raises KeyError."""
+        ...
+
+    async def update(self, account: PayoutAccount) -> None:
+        """Store last_used_at."""
+        ...
+
+    async def for_user(self, user_id: int) -> Sequence[PayoutAccount]:
+        """A user's payout accounts, most recently used first."""
+        ...
+
+    async def find(self, user_id: int, method: PayoutMethod, account_fp: str) -> PayoutAccount | None:
+        """A user's existing account with this method and fingerprint."""
+        ...
+
+
+class PayoutRepository(Protocol):
+    async def add(self, payout: Payout) -> Payout:
+        """Insert; the reference is unique (a second payout for the same order is refused)."""
+        ...
+
+    async def for_order(self, order_id: int) -> Payout | None:
+        """The payout of an order."""
+        ...
+
+    async def update(self, payout: Payout) -> None:
+        """Store state, attempts, provider ids."""
+        ...
+
+    async def unfinished(self) -> Sequence[Payout]:
+        """Payouts in PENDING, UNKNOWN or PROCESSING, oldest first."""
+        ...
+
+
+class LedgerRepository(Protocol):
+    async def post(self, txn: LedgerTransaction) -> LedgerTransaction:
+        """Append a balanced transaction (append-only); returns it with its id."""
+        ...
+
+    async def balance(self, account: str) -> int:
+        """Sum of an account's postings (debit positive)."""
+        ...
+
+    async def transactions(self, order_id: int | None = None) -> Sequence[LedgerTransaction]:
+        """Transactions, oldest first, optionally for one order."""
+        ...
+
+
+class AuditRepository(Protocol):
+    async def append(
+        self, at: datetime, actor: str, action: str, subject: str, details: dict[str, object]
+    ) -> AuditEvent:
+        """Append an event chained to the previous one (serialised across processes)."""
+        ...
+
+    async def all(self) -> Sequence[AuditEvent]:
+        """Every event, in order."""
+        ...
+
+
+class UnitOfWork(Protocol):
+    inbox: InboxRepository
+    conversations: ConversationRepository
+    users: UserRepository
+    consents: ConsentRepository
+    cards: CardRepository
+    quotes: QuoteRepository
+    orders: OrderRepository
+    payout_accounts: PayoutAccountRepository
+    payouts: PayoutRepository
+    ledger: LedgerRepository
+    audit: AuditRepository
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Roll back whatever was not committed."""
+        ...
+
+    async def commit(self) -> None:
+        """Make the work durable."""
+        ...
+
+    async def rollback(self) -> None:
+        """Discard the work since the last commit."""
+        ...
+
+
+class UnitOfWorkFactory(Protocol):
+    def __call__(self) -> UnitOfWork:
+        """A fresh unit of work."""
+        ...
+
+
+__all__ = [
+    "AuditEvent",
+    "Barcode",
+    "CardIssuer",
+    "CardReader",
+    "CardReading",
+    "CardVerification",
+    "Clock",
+    "LedgerTransaction",
+    "Notifier",
+    "PayoutGateway",
+    "PayoutRequest",
+    "PayoutResult",
+    "Redemption",
+    "UnitOfWork",
+    "UnitOfWorkFactory",
+    "Vault",
+]
