@@ -1,0 +1,93 @@
+"""Wiring: builds the application from settings, in one place, at run time (never on import)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from bot.sandbox.issuer import SandboxCardIssuer
+from bot.sandbox.payouts import SandboxPayoutGateway
+from bot.settings import Settings
+from core.catalog import default_catalog
+from core.pricing import default_pricing
+from core.ports import CardIssuer, CardReader, Clock, PayoutGateway
+from core.risk import RiskPolicy
+from core.sale import SaleDeps
+from handlers.engine import Conversation, Services
+from handlers.sell import sell_flow
+from storage.crypto import load_vault
+from storage.db import SqlAlchemyUnitOfWorkFactory, is_sqlite
+from storage.migrate import upgrade_async
+from vision import PyzbarCardReader
+
+log = logging.getLogger(__name__)
+
+
+class SystemClock:
+    """Wall-clock time in UTC."""
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+@dataclass
+class App:
+    """A running cardbot: storage, ports, and the conversation over them."""
+
+    settings: Settings
+    uow_factory: SqlAlchemyUnitOfWorkFactory
+    services: Services
+    conversation: Conversation
+
+    async def close(self) -> None:
+        """Release connections."""
+        await self.uow_factory.dispose()
+
+
+async def build_app(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    reader: CardReader | None = None,
+    issuer: CardIssuer | None = None,
+    gateway: PayoutGateway | None = None,
+    migrate: bool | None = None,
+) -> App:
+    """Build cardbot from settings; tests pass fakes for the ports they control."""
+    clock = clock or SystemClock()
+    url = settings.resolved_database_url
+    if migrate if migrate is not None else is_sqlite(url):
+        # The embedded database migrates itself; a shared server is migrated by an operator
+        # with `cardbot db upgrade` so that several processes never race to do it.
+        await upgrade_async(url)
+    catalog = default_catalog()
+    vault = load_vault(
+        settings.data_key.get_secret_value() if settings.data_key else None,
+        settings.resolved_key_file,
+        settings.data_keys_old.get_secret_value() if settings.data_keys_old else None,
+        settings.fingerprint_key.get_secret_value() if settings.fingerprint_key else None,
+    )
+    settings.sandbox_dir.mkdir(parents=True, exist_ok=True)
+    issuer = issuer or SandboxCardIssuer(
+        settings.sandbox_cards, settings.sandbox_dir / "issuer.sqlite3", catalog, clock
+    )
+    gateway = gateway or SandboxPayoutGateway(
+        settings.sandbox_dir / "payouts.sqlite3", clock,
+        late_seconds=settings.sandbox_payout_late_seconds,
+    )
+    uow_factory = SqlAlchemyUnitOfWorkFactory.from_url(url)
+    services = Services(
+        sale=SaleDeps(
+            catalog=catalog,
+            pricing=default_pricing(),
+            risk=RiskPolicy(),
+            issuer=issuer,
+            gateway=gateway,
+            vault=vault,
+            clock=clock,
+        ),
+        reader=reader or PyzbarCardReader(),
+        uow_factory=uow_factory,
+    )
+    return App(settings, uow_factory, services, Conversation(services, sell_flow()))

@@ -1,0 +1,63 @@
+"""``cardbot chat``: the console channel on this terminal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+
+from bot.app import build_app
+from bot.console import ConsoleChannel, ConsoleNotifier
+from bot.logs import configure_logging
+from bot.settings import Settings
+from handlers.notify import finish_unfinished
+
+log = logging.getLogger(__name__)
+POLL_SECONDS = 5.0
+
+
+async def _poll_unfinished(app_services: object, notifier: ConsoleNotifier) -> None:
+    while True:
+        await asyncio.sleep(POLL_SECONDS)
+        try:
+            await finish_unfinished(app_services, notifier)  # type: ignore[arg-type]
+        except Exception:
+            log.exception("resuming unfinished payouts failed")
+
+
+async def run_chat(settings: Settings, user_id: str, lang: str) -> int:
+    """Read lines from stdin until EOF; print the bot's replies."""
+    configure_logging(settings.log_level, settings.var_dir / "cardbot.log")
+    app = await build_app(settings)
+    notifier = ConsoleNotifier()
+    channel = ConsoleChannel(app.conversation, user_id=user_id, lang=lang)
+    hello = (
+        "（控制台：每行是一条消息；/photo 路径 发送照片；/file 路径 发送文件；回复数字选择选项；"
+        "Ctrl-D 退出）"
+        if lang == "zh"
+        else "(console: each line is a message; /photo PATH sends a photo; /file PATH a file; "
+        "answer options with their number; Ctrl-D quits)"
+    )
+    print(hello, flush=True)
+    await finish_unfinished(app.services, notifier)
+    poller = asyncio.create_task(_poll_unfinished(app.services, notifier))
+    try:
+        interactive = sys.stdin.isatty()
+        while True:
+            if interactive:
+                print("> ", end="", flush=True)
+            line = await asyncio.to_thread(sys.stdin.readline)
+            if not line:
+                break
+            line = line.rstrip("\n")
+            if not line.strip():
+                continue
+            await channel.send(line)
+            sys.stdout.flush()
+    finally:
+        poller.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await poller
+        await app.close()
+    return 0

@@ -1,0 +1,135 @@
+"""The ``cardbot`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+
+from bot.settings import Settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``cardbot`` console script."""
+    parser = argparse.ArgumentParser(prog="cardbot", description="Buy back gift cards by chat.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    chat = sub.add_parser("chat", help="talk to cardbot in this terminal (the console channel)")
+    chat.add_argument("--user", default="console-user", help="console user id")
+    chat.add_argument("--lang", choices=("zh", "en"), default="zh")
+
+    demo = sub.add_parser("demo", help="play a whole scripted sale and print its receipt")
+    demo.add_argument("--lang", choices=("zh", "en"), default="zh")
+    demo.add_argument("--dir", help="keep the demo's database and files here")
+
+    scan = sub.add_parser("scan", help="what vision reads in each photo")
+    scan.add_argument("images", nargs="+")
+    scan.add_argument("--json", action="store_true")
+
+    db = sub.add_parser("db", help="database maintenance")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    db_sub.add_parser("upgrade", help="apply migrations up to the newest")
+
+    audit = sub.add_parser("audit", help="the audit log")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    audit_sub.add_parser("verify", help="check the hash chain; exit 0 when intact")
+
+    orders = sub.add_parser("orders", help="orders, newest first")
+    orders.add_argument("--json", action="store_true")
+    orders.add_argument("--limit", type=int, default=100)
+
+    args = parser.parse_args(argv)
+    if args.command == "scan":
+        from vision.cli import scan_main
+
+        return scan_main(list(args.images), as_json=bool(args.json))
+    try:
+        settings = Settings()
+    except ValueError as exc:
+        print(f"cardbot: bad settings: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "db":
+        from storage.migrate import upgrade
+
+        upgrade(settings.resolved_database_url)
+        print("database is up to date")
+        return 0
+    if args.command == "chat":
+        from bot.chat import run_chat
+
+        return asyncio.run(run_chat(settings, args.user, args.lang))
+    if args.command == "demo":
+        from bot.demo import run_demo
+
+        return asyncio.run(run_demo(args.lang, args.dir))
+    if args.command == "audit":
+        return asyncio.run(_audit_verify(settings))
+    if args.command == "orders":
+        return asyncio.run(_orders(settings, bool(args.json), int(args.limit)))
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+async def _audit_verify(settings: Settings) -> int:
+    from core.audit import verify_chain
+    from storage.db import SqlAlchemyUnitOfWorkFactory
+
+    factory = SqlAlchemyUnitOfWorkFactory.from_url(settings.resolved_database_url)
+    try:
+        async with factory() as uow:
+            events = list(await uow.audit.all())
+    finally:
+        await factory.dispose()
+    broken = verify_chain(events)
+    if broken is None:
+        print(f"audit chain intact: {len(events)} events")
+        return 0
+    print(f"audit chain BROKEN at event {broken}", file=sys.stderr)
+    return 1
+
+
+async def _orders(settings: Settings, as_json: bool, limit: int) -> int:
+    from core.money import yuan
+    from storage.db import SqlAlchemyUnitOfWorkFactory
+
+    factory = SqlAlchemyUnitOfWorkFactory.from_url(settings.resolved_database_url)
+    try:
+        async with factory() as uow:
+            rows = list(await uow.orders.recent(limit=limit))
+    finally:
+        await factory.dispose()
+    records = [
+        {
+            "id": o.id,
+            "number": o.number,
+            "status": o.status.value,
+            "brand": o.brand,
+            "card": o.card_masked,
+            "face_value_fen": o.face_value_fen,
+            "balance_fen": o.balance_fen,
+            "fee_fen": o.fee_fen,
+            "payout_fen": o.payout_fen,
+            "channel": o.channel,
+            "created_at": o.created_at.isoformat(),
+            "settled_at": o.settled_at.isoformat() if o.settled_at else None,
+        }
+        for o in rows
+    ]
+    if as_json:
+        print(json.dumps(records, ensure_ascii=False))
+        return 0
+    if not records:
+        print("no orders")
+    for r in records:
+        print(
+            f"{r['number']}  {r['status']:<13} {r['brand']:<11} {r['card']:<22} "
+            f"face {yuan(int(r['face_value_fen'])):>10}  payout {yuan(int(r['payout_fen'])):>10}  "
+            f"{r['channel']}  {r['created_at'][:16]}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

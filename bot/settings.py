@@ -1,0 +1,110 @@
+"""Settings from environment variables and an optional ``cardbot.toml`` (env wins)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_CARDS = Path(__file__).parent / "sandbox" / "cards.csv"
+
+
+def _env(*names: str) -> Any:
+    return Field(validation_alias=AliasChoices(*names))
+
+
+class Settings(BaseSettings):
+    """Every knob cardbot reads; names as in DESIGN.md."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    var_dir: Path = Field(Path("var"), validation_alias=AliasChoices("CARDBOT_VAR_DIR", "var_dir"))
+    database_url: str | None = _env("CARDBOT_DATABASE_URL", "database_url")
+    data_key: SecretStr | None = _env("CARDBOT_DATA_KEY", "data_key")
+    data_key_file: Path | None = _env("CARDBOT_DATA_KEY_FILE", "data_key_file")
+    data_keys_old: SecretStr | None = _env("CARDBOT_DATA_KEYS_OLD", "data_keys_old")
+    fingerprint_key: SecretStr | None = _env("CARDBOT_FINGERPRINT_KEY", "fingerprint_key")
+    sandbox_cards: Path = Field(
+        DEFAULT_CARDS, validation_alias=AliasChoices("CARDBOT_SANDBOX_CARDS", "sandbox_cards")
+    )
+    issuer: Literal["sandbox"] = Field(
+        "sandbox", validation_alias=AliasChoices("CARDBOT_ISSUER", "issuer")
+    )
+    payout_gateway: Literal["sandbox"] = Field(
+        "sandbox", validation_alias=AliasChoices("CARDBOT_PAYOUT_GATEWAY", "payout_gateway")
+    )
+    sandbox_payout_late_seconds: float = Field(
+        30.0, validation_alias=AliasChoices("CARDBOT_SANDBOX_PAYOUT_LATE_SECONDS",
+                                            "sandbox_payout_late_seconds")
+    )
+    staff: str = Field("", validation_alias=AliasChoices("CARDBOT_STAFF", "staff"))
+    admins: str = Field("", validation_alias=AliasChoices("CARDBOT_ADMINS", "admins"))
+    redis_url: str | None = _env("CARDBOT_REDIS_URL", "redis_url")
+    log_level: str = Field("INFO", validation_alias=AliasChoices("CARDBOT_LOG_LEVEL", "log_level"))
+
+    telegram_bot_token: SecretStr | None = _env("TELEGRAM_BOT_TOKEN", "telegram_bot_token")
+    telegram_api_base: str = Field(
+        "https://api.telegram.org",
+        validation_alias=AliasChoices("TELEGRAM_API_BASE", "telegram_api_base"),
+    )
+    telegram_webhook_secret: SecretStr | None = _env(
+        "TELEGRAM_WEBHOOK_SECRET", "telegram_webhook_secret"
+    )
+    wechat_token: SecretStr | None = _env("WECHAT_TOKEN", "wechat_token")
+    wechat_app_id: str | None = _env("WECHAT_APP_ID", "wechat_app_id")
+    wechat_app_secret: SecretStr | None = _env("WECHAT_APP_SECRET", "wechat_app_secret")
+    wechat_aes_key: SecretStr | None = _env("WECHAT_AES_KEY", "wechat_aes_key")
+    wechat_api_base: str = Field(
+        "https://api.weixin.qq.com",
+        validation_alias=AliasChoices("WECHAT_API_BASE", "wechat_api_base"),
+    )
+
+    @field_validator("staff", "admins")
+    @classmethod
+    def _roles(cls, value: str) -> str:
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            channel, _, user = item.partition(":")
+            if channel not in ("telegram", "wechat", "console") or not user:
+                raise ValueError(f"expected channel:user_id entries, got {item!r}")
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL: the setting, else an SQLite file under the var directory."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.var_dir / 'cardbot.db').as_posix()}"
+
+    @property
+    def resolved_key_file(self) -> Path:
+        """Where the data key lives when CARDBOT_DATA_KEY is not set."""
+        return self.data_key_file or self.var_dir / "data.key"
+
+    @property
+    def sandbox_dir(self) -> Path:
+        """State of the sandbox issuer and payout provider (they stand for outside systems)."""
+        return self.var_dir / "sandbox"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = Path(os.environ.get("CARDBOT_CONFIG", "cardbot.toml"))
+        return (
+            init_settings,
+            env_settings,
+            TomlConfigSettingsSource(settings_cls, toml_file=toml_file),
+        )

@@ -1,0 +1,685 @@
+"""The sale, as use cases: capture a card, verify and quote it, take the person's identity and
+payout account, assess risk, and settle. Each function works inside a unit of work it is given;
+the caller owns the transaction. Settlement talks to the issuer and the payout provider and so
+manages its own units of work (a provider call never happens inside an open transaction)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from core import ledger, masking
+from core.catalog import Brand, Catalog, normalize_card_number
+from core.errors import (
+    CardUnusable,
+    LedgerError,
+    PayoutOutcomeUnknown,
+    QuoteExpired,
+)
+from core.identity import (
+    normalize_alipay_account,
+    normalize_bank_card,
+    normalize_phone,
+    normalize_wechat_account,
+    parse_resident_id,
+    validate_real_name,
+)
+from core.model import (
+    Card,
+    CardStatus,
+    Consent,
+    Order,
+    OrderStatus,
+    Payout,
+    PayoutAccount,
+    PayoutMethod,
+    PayoutState,
+    Quote,
+    RiskOutcome,
+    User,
+)
+from core.orders import transition
+from core.ports import (
+    CardIssuer,
+    Clock,
+    PayoutGateway,
+    PayoutRequest,
+    PayoutResult,
+    UnitOfWork,
+    UnitOfWorkFactory,
+    Vault,
+)
+from core.pricing import PricingPolicy, quote_card
+from core.risk import RiskDecision, RiskFacts, RiskPolicy, assess, shanghai_day_bounds
+
+log = logging.getLogger(__name__)
+
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+
+IDENTITY_CONSENT = "identity"
+IDENTITY_CONSENT_VERSION = "2026-11-v1"
+
+# Orders that hold a card: a second sale of the same card while one of these exists is refused.
+CARD_HOLDING_STATUSES = (
+    OrderStatus.ACCEPTED,
+    OrderStatus.REVIEW,
+    OrderStatus.APPROVED,
+    OrderStatus.REDEEMED,
+    OrderStatus.PAYING,
+    OrderStatus.SETTLED,
+    OrderStatus.PAYOUT_FAILED,
+)
+# Orders that count towards a person's daily amount.
+DAILY_AMOUNT_STATUSES = (
+    OrderStatus.REVIEW,
+    OrderStatus.APPROVED,
+    OrderStatus.REDEEMED,
+    OrderStatus.PAYING,
+    OrderStatus.SETTLED,
+)
+
+
+@dataclass(frozen=True)
+class SaleDeps:
+    """Everything the sale needs from outside, passed explicitly."""
+
+    catalog: Catalog
+    pricing: PricingPolicy
+    risk: RiskPolicy
+    issuer: CardIssuer
+    gateway: PayoutGateway
+    vault: Vault
+    clock: Clock
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """An electronic receipt (电子回单) of a settled order."""
+
+    order_number: str
+    brand: str
+    card_masked: str
+    face_value_fen: int
+    balance_fen: int
+    fee_fen: int
+    payout_fen: int
+    method: PayoutMethod
+    account_masked: str
+    holder_masked: str
+    reference: str
+    provider_txn_id: str | None
+    paid_at: datetime
+    audit_hash: str
+
+
+# --------------------------------------------------------------------------------------------
+# Cards, verification and quotes
+
+
+def card_context(card_id: int, field: str) -> str:
+    """Associated data binding a card ciphertext to its row and field."""
+    return f"card.{field}:{card_id}"
+
+
+async def capture_card(uow: UnitOfWork, deps: SaleDeps, user: User, text: str) -> Card:
+    """Recognise a card number (typed or read from a photo) and store it encrypted."""
+    number = normalize_card_number(text)
+    brand = deps.catalog.match(number)
+    now = deps.clock.now()
+    card = await uow.cards.add(
+        Card(
+            user_id=user.id,
+            brand=brand.code,
+            number_enc=b"",
+            number_fp=deps.vault.fingerprint("card", f"{brand.code}:{number}"),
+            number_masked=masking.mask_card_number(number),
+            created_at=now,
+        )
+    )
+    assert card.id is not None
+    card = replace(card, number_enc=deps.vault.encrypt(number, card_context(card.id, "number")))
+    await uow.cards.update(card)
+    await uow.audit.append(
+        now, f"user:{user.id}", "card.captured", f"card:{card.id}",
+        {"brand": brand.code, "card": card.number_masked},
+    )
+    return card
+
+
+async def attach_secret(uow: UnitOfWork, deps: SaleDeps, card: Card, text: str) -> Card:
+    """Validate the card secret's shape and store it encrypted; it is never shown again."""
+    brand = deps.catalog.get(card.brand)
+    secret = deps.catalog.validate_secret(brand, text)
+    assert card.id is not None
+    card = replace(card, secret_enc=deps.vault.encrypt(secret, card_context(card.id, "secret")))
+    await uow.cards.update(card)
+    return card
+
+
+def _card_plaintext(deps: SaleDeps, card: Card) -> tuple[str, str | None]:
+    assert card.id is not None
+    number = deps.vault.decrypt(card.number_enc, card_context(card.id, "number"))
+    secret = (
+        deps.vault.decrypt(card.secret_enc, card_context(card.id, "secret"))
+        if card.secret_enc
+        else None
+    )
+    return number, secret
+
+
+async def verify_card(uow: UnitOfWork, deps: SaleDeps, card: Card) -> Card:
+    """Ask the issuer about the card; a used, frozen, expired or empty card is refused precisely."""
+    number, secret = _card_plaintext(deps, card)
+    verification = await deps.issuer.verify(card.brand, number, secret)
+    now = deps.clock.now()
+    card = replace(
+        card,
+        status=verification.status.value,
+        face_value_fen=verification.face_value_fen,
+        balance_fen=verification.balance_fen,
+        expires=verification.expires,
+        verified_at=now,
+    )
+    await uow.cards.update(card)
+    if verification.status is CardStatus.USED:
+        if verification.used_at is not None:
+            used_on = _shanghai_date(verification.used_at).isoformat()
+            raise CardUnusable("error.card_used_on", date=used_on)
+        raise CardUnusable("error.card_used")
+    if verification.status is CardStatus.FROZEN:
+        raise CardUnusable("error.card_frozen")
+    if verification.status is CardStatus.EXPIRED:
+        raise CardUnusable("error.card_expired", expires=verification.expires.isoformat())
+    if verification.balance_fen <= 0:
+        raise CardUnusable("error.card_empty")
+    return card
+
+
+async def quote_for(
+    uow: UnitOfWork, deps: SaleDeps, user: User, card: Card, channel: str
+) -> tuple[Quote, Order]:
+    """Price a verified card, lock the price for the policy's time, and open an order."""
+    assert card.id is not None and card.balance_fen is not None
+    assert card.face_value_fen is not None and card.expires is not None
+    now = deps.clock.now()
+    priced = quote_card(
+        deps.pricing,
+        card.brand,
+        card.face_value_fen,
+        card.balance_fen,
+        card.expires,
+        _shanghai_date(now),
+    )
+    quote = await uow.quotes.add(
+        Quote(
+            user_id=user.id,
+            card_id=card.id,
+            brand=card.brand,
+            face_value_fen=card.face_value_fen,
+            balance_fen=card.balance_fen,
+            rate_bp=priced.rate_bp,
+            gross_fen=priced.gross_fen,
+            fee_fen=priced.fee_fen,
+            payout_fen=priced.payout_fen,
+            lines=priced.lines,
+            created_at=now,
+            expires_at=now + timedelta(minutes=deps.pricing.lock_minutes),
+            rates_version=deps.pricing.version,
+        )
+    )
+    assert quote.id is not None
+    order = await uow.orders.add(
+        Order(
+            user_id=user.id,
+            channel=channel,
+            card_id=card.id,
+            quote_id=quote.id,
+            brand=card.brand,
+            card_fp=card.number_fp,
+            card_masked=card.number_masked,
+            face_value_fen=card.face_value_fen,
+            balance_fen=card.balance_fen,
+            payout_fen=priced.payout_fen,
+            fee_fen=priced.fee_fen,
+            status=OrderStatus.QUOTED,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+    await uow.audit.append(
+        now, f"user:{user.id}", "quote.issued", f"order:{order.id}",
+        {
+            "quote": quote.id,
+            "rate_bp": quote.rate_bp,
+            "balance_fen": quote.balance_fen,
+            "payout_fen": quote.payout_fen,
+            "expires_at": quote.expires_at.isoformat(),
+            "rates_version": quote.rates_version,
+        },
+    )
+    return quote, order
+
+
+async def accept_quote(uow: UnitOfWork, deps: SaleDeps, order: Order) -> Order:
+    """The user says yes: the price is kept if the lock still holds, else QuoteExpired."""
+    now = deps.clock.now()
+    quote = await uow.quotes.get(order.quote_id)
+    if not quote.is_locked_at(now):
+        await uow.orders.update(transition(order, OrderStatus.EXPIRED, now))
+        raise QuoteExpired()
+    order = transition(order, OrderStatus.ACCEPTED, now)
+    await uow.orders.update(order)
+    await uow.audit.append(
+        now, f"user:{order.user_id}", "order.accepted", f"order:{order.id}",
+        {"quote": quote.id, "payout_fen": order.payout_fen},
+    )
+    return order
+
+
+async def cancel_order(uow: UnitOfWork, deps: SaleDeps, order: Order, actor: str) -> Order:
+    """Withdraw an order that has not been paid; a paid or paying order cannot be cancelled."""
+    now = deps.clock.now()
+    order = transition(order, OrderStatus.CANCELLED, now)
+    await uow.orders.update(order)
+    await uow.audit.append(now, actor, "order.cancelled", f"order:{order.id}", {})
+    return order
+
+
+# --------------------------------------------------------------------------------------------
+# Identity and payout accounts
+
+
+async def record_identity_consent(uow: UnitOfWork, deps: SaleDeps, user: User, channel: str) -> None:
+    """Record the separate consent to process identity data (PIPL art. 29), before asking."""
+    now = deps.clock.now()
+    await uow.consents.add(
+        Consent(
+            user_id=user.id,
+            kind=IDENTITY_CONSENT,
+            version=IDENTITY_CONSENT_VERSION,
+            given_at=now,
+            channel=channel,
+        )
+    )
+    await uow.audit.append(
+        now, f"user:{user.id}", "consent.given", f"user:{user.id}",
+        {"kind": IDENTITY_CONSENT, "version": IDENTITY_CONSENT_VERSION, "channel": channel},
+    )
+
+
+async def has_identity_consent(uow: UnitOfWork, user: User) -> bool:
+    """Whether the user consented to identity processing in the current version."""
+    return await uow.consents.has(user.id, IDENTITY_CONSENT, IDENTITY_CONSENT_VERSION)
+
+
+def check_real_name(text: str) -> str:
+    """A real name as the user typed it, validated."""
+    return validate_real_name(text)
+
+
+def check_id_number(deps: SaleDeps, text: str) -> str:
+    """A resident ID number validated per GB 11643; returns the normalised number."""
+    return parse_resident_id(text, _shanghai_date(deps.clock.now())).number
+
+
+def check_phone(text: str) -> str:
+    """A mainland mobile number, normalised."""
+    return normalize_phone(text)
+
+
+async def verify_identity(
+    uow: UnitOfWork, deps: SaleDeps, user: User, name: str, id_number: str, phone: str
+) -> User:
+    """Store the person's identity (encrypted) at level 1; consent must have been recorded."""
+    if not await has_identity_consent(uow, user):
+        raise PermissionError("identity data asked for without consent")
+    now = deps.clock.now()
+    rid = parse_resident_id(id_number, _shanghai_date(now))
+    phone = normalize_phone(phone)
+    ctx = f"user:{user.id}"
+    user = replace(
+        user,
+        real_name=validate_real_name(name),
+        id_number_enc=deps.vault.encrypt(rid.number, f"{ctx}.id_number"),
+        id_number_fp=deps.vault.fingerprint("id_number", rid.number),
+        id_number_masked=masking.mask_id_number(rid.number),
+        phone_enc=deps.vault.encrypt(phone, f"{ctx}.phone"),
+        phone_masked=masking.mask_phone(phone),
+        verified_at=now,
+        kyc_level=max(user.kyc_level, 1),
+    )
+    await uow.users.update(user)
+    await uow.audit.append(
+        now, ctx, "identity.verified", ctx,
+        {"level": 1, "id": user.id_number_masked, "phone": user.phone_masked},
+    )
+    return user
+
+
+def normalize_account(method: PayoutMethod, text: str) -> tuple[str, bool]:
+    """A payout account normalised for its method, and whether it passed every check
+    (a bank card failing Luhn is only a warning: some real Chinese cards do)."""
+    if method is PayoutMethod.BANK:
+        return normalize_bank_card(text)
+    if method is PayoutMethod.ALIPAY:
+        return normalize_alipay_account(text), True
+    return normalize_wechat_account(text), True
+
+
+def account_context(account_id: int) -> str:
+    """Associated data binding a payout account ciphertext to its row."""
+    return f"payout_account:{account_id}"
+
+
+async def add_payout_account(
+    uow: UnitOfWork, deps: SaleDeps, user: User, method: PayoutMethod, account: str
+) -> PayoutAccount:
+    """Remember a payout account in the verified person's name (reused if already known)."""
+    if not user.is_verified or not user.real_name:
+        raise PermissionError("a payout account needs a verified identity")
+    now = deps.clock.now()
+    fp = deps.vault.fingerprint(f"payout.{method.value}", account)
+    existing = await uow.payout_accounts.find(user.id, method, fp)
+    if existing is not None:
+        return existing
+    row = await uow.payout_accounts.add(
+        PayoutAccount(
+            user_id=user.id,
+            method=method,
+            account_enc=b"",
+            account_fp=fp,
+            account_masked=masking.mask_account(method.value, account),
+            holder_name=user.real_name,
+            created_at=now,
+        )
+    )
+    assert row.id is not None
+    row = replace(row, account_enc=deps.vault.encrypt(account, account_context(row.id)))
+    await uow.payout_accounts.update(row)
+    await uow.audit.append(
+        now, f"user:{user.id}", "payout_account.added", f"payout_account:{row.id}",
+        {"method": method.value, "account": row.account_masked},
+    )
+    return row
+
+
+# --------------------------------------------------------------------------------------------
+# Risk and submission
+
+
+async def submit_order(
+    uow: UnitOfWork, deps: SaleDeps, order: Order, account: PayoutAccount
+) -> tuple[Order, RiskDecision]:
+    """Attach the payout account and run the risk rules: approve, hold for review, or reject."""
+    now = deps.clock.now()
+    assert order.id is not None
+    holders = await uow.orders.with_card_fp(order.card_fp, CARD_HOLDING_STATUSES)
+    others = [o for o in holders if o.id != order.id]
+    since, until = shanghai_day_bounds(now)
+    day_total = await uow.orders.payout_total(order.user_id, since, until, DAILY_AMOUNT_STATUSES)
+    decision = assess(
+        RiskFacts(
+            user_id=order.user_id,
+            payout_fen=order.payout_fen,
+            card_fp=order.card_fp,
+            same_card_orders=len(others),
+            same_card_other_users=len({o.user_id for o in others if o.user_id != order.user_id}),
+            day_total_fen=day_total,
+        ),
+        deps.risk,
+    )
+    target = {
+        RiskOutcome.APPROVE: OrderStatus.APPROVED,
+        RiskOutcome.REVIEW: OrderStatus.REVIEW,
+        RiskOutcome.REJECT: OrderStatus.REJECTED,
+    }[decision.outcome]
+    order = replace(
+        transition(order, target, now),
+        payout_account_id=account.id,
+        risk_outcome=decision.outcome.value,
+        risk_reasons=decision.reasons,
+        risk_version=decision.version,
+    )
+    await uow.orders.update(order)
+    await uow.payout_accounts.update(replace(account, last_used_at=now))
+    await uow.audit.append(
+        now, "risk", "risk.assessed", f"order:{order.id}",
+        {"outcome": decision.outcome.value, "reasons": list(decision.reasons),
+         "version": decision.version, "payout_fen": order.payout_fen},
+    )
+    return order, decision
+
+
+# --------------------------------------------------------------------------------------------
+# Settlement
+
+
+def payout_reference(order_id: int, attempt: int) -> str:
+    """The provider reference of an order's n-th payout: digits and letters only, as providers
+    require; a new one is minted only after a provider-confirmed failure."""
+    return f"CBP{order_id:010d}N{attempt:02d}"
+
+
+async def _redeem_and_reserve(uow_factory: UnitOfWorkFactory, deps: SaleDeps, order_id: int) -> None:
+    """APPROVED → REDEEMED → PAYING: take the card's balance at the issuer, post the purchase,
+    store the payout with its reference and reserve the money, in one transaction."""
+    async with uow_factory() as uow:
+        order = await uow.orders.get(order_id)
+        if order.status is not OrderStatus.APPROVED:
+            return
+        card = await uow.cards.get(order.card_id)
+        number, secret = _card_plaintext(deps, card)
+        # Idempotent per reference: a crash after this call and before commit repeats it safely.
+        await deps.issuer.redeem(
+            card.brand, number, secret, order.balance_fen, f"CBR{order_id:010d}"
+        )
+        now = deps.clock.now()
+        await uow.ledger.post(
+            ledger.purchase(order_id, order.user_id, order.balance_fen, order.payout_fen, now)
+        )
+        order = transition(order, OrderStatus.REDEEMED, now)
+        await uow.audit.append(
+            now, "settlement", "card.redeemed", f"order:{order_id}",
+            {"card": order.card_masked, "balance_fen": order.balance_fen},
+        )
+        order = await _start_payout(uow, deps, order, attempt=1)
+        await uow.commit()
+
+
+async def _start_payout(uow: UnitOfWork, deps: SaleDeps, order: Order, attempt: int) -> Order:
+    assert order.id is not None and order.payout_account_id is not None
+    now = deps.clock.now()
+    account = await uow.payout_accounts.get(order.payout_account_id)
+    payable = ledger.user_payable(order.user_id)
+    balance_after = await uow.ledger.balance(payable) + order.payout_fen
+    ledger.check_no_overdraft(payable, balance_after)
+    payout = await uow.payouts.add(
+        Payout(
+            order_id=order.id,
+            reference=payout_reference(order.id, attempt),
+            method=account.method,
+            payout_account_id=account.id or 0,
+            amount_fen=order.payout_fen,
+            state=PayoutState.PENDING,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+    await uow.ledger.post(
+        ledger.payout_reserve(order.id, order.user_id, account.method, order.payout_fen, now)
+    )
+    order = transition(order, OrderStatus.PAYING, now)
+    await uow.orders.update(order)
+    await uow.audit.append(
+        now, "settlement", "payout.requested", f"order:{order.id}",
+        {"reference": payout.reference, "method": account.method.value,
+         "account": account.account_masked, "amount_fen": payout.amount_fen},
+    )
+    return order
+
+
+async def _send_payout(uow_factory: UnitOfWorkFactory, deps: SaleDeps, order_id: int) -> None:
+    """Call the provider for an unfinished payout, under its stored reference, and record the
+    outcome. PENDING and unknown-to-provider payouts are (re)sent unchanged; the others queried."""
+    async with uow_factory() as uow:
+        payout = await uow.payouts.for_order(order_id)
+        if payout is None or payout.state in (PayoutState.SUCCEEDED, PayoutState.FAILED):
+            return
+        account = await uow.payout_accounts.get(payout.payout_account_id)
+        request = PayoutRequest(
+            reference=payout.reference,
+            method=payout.method,
+            account=deps.vault.decrypt(account.account_enc, account_context(payout.payout_account_id)),
+            holder_name=account.holder_name,
+            amount_fen=payout.amount_fen,
+        )
+        # Leave the transaction before talking to the provider.
+        await uow.rollback()
+    try:
+        result: PayoutResult | None = None
+        if payout.state in (PayoutState.UNKNOWN, PayoutState.PROCESSING):
+            result = await deps.gateway.query(payout.reference)
+        if result is None or result.state is PayoutState.UNKNOWN:
+            # Never sent, or the provider has no record: resend the SAME request.
+            result = await deps.gateway.transfer(request)
+    except PayoutOutcomeUnknown:
+        result = None
+    await _record_payout_outcome(uow_factory, deps, order_id, result)
+
+
+async def _record_payout_outcome(
+    uow_factory: UnitOfWorkFactory, deps: SaleDeps, order_id: int, result: PayoutResult | None
+) -> None:
+    async with uow_factory() as uow:
+        payout = await uow.payouts.for_order(order_id)
+        order = await uow.orders.get(order_id)
+        assert payout is not None
+        if payout.state in (PayoutState.SUCCEEDED, PayoutState.FAILED):
+            return  # someone else recorded it first
+        now = deps.clock.now()
+        state = PayoutState.UNKNOWN if result is None else result.state
+        payout = replace(
+            payout,
+            state=state,
+            attempts=payout.attempts + 1,
+            updated_at=now,
+            provider_txn_id=(result.provider_txn_id if result else None) or payout.provider_txn_id,
+            failure_reason=result.failure_reason if result else None,
+        )
+        await uow.payouts.update(payout)
+        if state is PayoutState.SUCCEEDED:
+            await uow.ledger.post(
+                ledger.payout_post(order_id, order.user_id, payout.method, payout.amount_fen, now)
+            )
+            await uow.orders.update(transition(order, OrderStatus.SETTLED, now))
+            await uow.audit.append(
+                now, "settlement", "payout.succeeded", f"order:{order_id}",
+                {"reference": payout.reference, "provider_txn_id": payout.provider_txn_id,
+                 "amount_fen": payout.amount_fen},
+            )
+        elif state is PayoutState.FAILED:
+            await uow.ledger.post(
+                ledger.payout_void(order_id, order.user_id, payout.method, payout.amount_fen, now)
+            )
+            await uow.orders.update(transition(order, OrderStatus.PAYOUT_FAILED, now))
+            await uow.audit.append(
+                now, "settlement", "payout.failed", f"order:{order_id}",
+                {"reference": payout.reference, "reason": payout.failure_reason},
+            )
+        await uow.commit()
+
+
+async def settle(uow_factory: UnitOfWorkFactory, deps: SaleDeps, order_id: int) -> Order:
+    """Drive an approved order as far as it can go now: redeem, reserve, pay. Safe to repeat:
+    every step is idempotent and resumes from what is stored."""
+    await _redeem_and_reserve(uow_factory, deps, order_id)
+    await _send_payout(uow_factory, deps, order_id)
+    async with uow_factory() as uow:
+        return await uow.orders.get(order_id)
+
+
+async def retry_failed_payout(
+    uow_factory: UnitOfWorkFactory, deps: SaleDeps, order_id: int, account: PayoutAccount
+) -> Order:
+    """After a provider-confirmed failure, pay again to another account under a NEW reference."""
+    async with uow_factory() as uow:
+        order = await uow.orders.get(order_id)
+        if order.status is not OrderStatus.PAYOUT_FAILED:
+            return order
+        previous = await uow.payouts.for_order(order_id)
+        attempt = int(previous.reference.rsplit("N", 1)[1]) + 1 if previous else 1
+        order = replace(order, payout_account_id=account.id)
+        await _start_payout(uow, deps, order, attempt)
+        await uow.commit()
+    await _send_payout(uow_factory, deps, order_id)
+    async with uow_factory() as uow:
+        return await uow.orders.get(order_id)
+
+
+async def resume_unfinished(uow_factory: UnitOfWorkFactory, deps: SaleDeps) -> list[Order]:
+    """Finish what a crash or an unsure provider left: approved orders not yet redeemed, and
+    payouts pending, unknown or processing. Returns orders whose status changed."""
+    async with uow_factory() as uow:
+        approved = [o for o in await uow.orders.recent(limit=1000) if o.status in (
+            OrderStatus.APPROVED, OrderStatus.PAYING)]
+        before = {o.id: o.status for o in approved}
+    changed: list[Order] = []
+    for order in approved:
+        assert order.id is not None
+        try:
+            after = await settle(uow_factory, deps, order.id)
+        except (PayoutOutcomeUnknown, LedgerError, CardUnusable):
+            log.exception("could not finish order %s", order.id)
+            continue
+        if after.status is not before[order.id]:
+            changed.append(after)
+    return changed
+
+
+async def receipt_for(uow: UnitOfWork, order_id: int) -> Receipt:
+    """The receipt of a settled order, with the hash of its settlement audit event."""
+    order = await uow.orders.get(order_id)
+    payout = await uow.payouts.for_order(order_id)
+    if order.status is not OrderStatus.SETTLED or payout is None:
+        raise ValueError(f"order {order_id} is not settled")
+    account = await uow.payout_accounts.get(payout.payout_account_id)
+    events = [
+        e for e in await uow.audit.all()
+        if e.subject == f"order:{order_id}" and e.action == "payout.succeeded"
+    ]
+    return Receipt(
+        order_number=order.number,
+        brand=order.brand,
+        card_masked=order.card_masked,
+        face_value_fen=order.face_value_fen,
+        balance_fen=order.balance_fen,
+        fee_fen=order.fee_fen,
+        payout_fen=payout.amount_fen,
+        method=payout.method,
+        account_masked=account.account_masked,
+        holder_masked=masking.mask_name(account.holder_name),
+        reference=payout.reference,
+        provider_txn_id=payout.provider_txn_id,
+        paid_at=order.settled_at or payout.updated_at,
+        audit_hash=events[-1].hash if events else "",
+    )
+
+
+def brand_of(deps: SaleDeps, order: Order) -> Brand:
+    """The catalog brand of an order."""
+    return deps.catalog.get(order.brand)
+
+
+async def open_orders(uow: UnitOfWork, user: User) -> Sequence[Order]:
+    """A user's orders that still await the user (quoted or accepted)."""
+    return [
+        o for o in await uow.orders.for_user(user.id, limit=20)
+        if o.status in (OrderStatus.QUOTED, OrderStatus.ACCEPTED)
+    ]
+
+
+def _shanghai_date(now: datetime) -> date:
+    return now.astimezone(SHANGHAI).date()

@@ -1,0 +1,293 @@
+"""The conversation engine: one inbound message in, replies out, at most one effect.
+
+For each message, in one transaction: record its (channel, external id) — a redelivery stops
+here —, load the person and their conversation state, route (state × input kind → step) and
+run the step, save the new state, commit. Work that talks to a provider runs after the commit
+(``Step.after_commit``) and is resumable on its own. A refusal (``UserError``) rolls the step
+back, keeps the state and answers in the user's language; an unexpected failure answers a calm
+apology, leaves the message unrecorded so a redelivery may try again, and logs no payload.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from core.errors import ConcurrentUpdate, UserError
+from core.messages import Inbound, InputKind, Option, Reply
+from core.model import ConversationState, User
+from core.ports import CardReader, UnitOfWork, UnitOfWorkFactory
+from core.sale import SaleDeps
+from handlers.i18n import Translator, resolve_language
+
+log = logging.getLogger(__name__)
+
+MAX_TEXT_CHARS = 2000
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+START = "start"
+
+# Words people type instead of commands, in both languages.
+KEYWORD_COMMANDS = {
+    "取消": "cancel", "cancel": "cancel", "退出": "cancel",
+    "帮助": "help", "help": "help", "?": "help", "？": "help",
+    "菜单": "start", "menu": "start", "开始": "start", "start": "start",
+    "卖卡": "sell", "sell": "sell", "回收": "sell",
+    "价格": "prices", "报价": "prices", "prices": "prices",
+    "订单": "orders", "我的订单": "orders", "orders": "orders",
+}
+_OPTION_NUMBER = re.compile(r"^\s*(\d{1,2})\s*[.)、。]?\s*$")
+
+
+@dataclass(frozen=True)
+class Services:
+    """What the conversation needs: the sale's ports plus the photo reader and storage."""
+
+    sale: SaleDeps
+    reader: CardReader
+    uow_factory: UnitOfWorkFactory
+
+
+@dataclass(frozen=True)
+class AfterCommit:
+    """What post-commit work says: more replies and, optionally, a new step."""
+
+    replies: tuple[Reply, ...] = ()
+    to: str | None = None
+    data: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Step:
+    """A step's outcome: the next state, the replies, optional work after the commit."""
+
+    to: str
+    replies: tuple[Reply, ...] = ()
+    after_commit: Callable[[], Awaitable[AfterCommit]] | None = None
+
+
+@dataclass
+class Ctx:
+    """Everything a step sees: the open unit of work, the person, their language and state."""
+
+    uow: UnitOfWork
+    services: Services
+    inbound: Inbound
+    user: User
+    t: Translator
+    step: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def deps(self) -> SaleDeps:
+        return self.services.sale
+
+    @property
+    def lang(self) -> str:
+        return self.t.lang
+
+    def conversation_key(self) -> str:
+        """Associated data for ciphertexts kept in this conversation's state."""
+        return f"conversation:{self.inbound.channel}:{self.inbound.user_id}"
+
+
+StepHandler = Callable[[Ctx], Awaitable[Step]]
+Prompt = Callable[[Ctx], Awaitable[tuple[Reply, ...]]]
+
+
+@dataclass(frozen=True)
+class Flow:
+    """The transition table (state × input kind → step), commands, and per-state prompts."""
+
+    table: Mapping[tuple[str, InputKind], StepHandler]
+    commands: Mapping[str, StepHandler]
+    prompts: Mapping[str, Prompt]
+
+
+class Conversation:
+    """Handles inbound messages for every channel."""
+
+    def __init__(self, services: Services, flow: Flow) -> None:
+        self.services = services
+        self.flow = flow
+
+    async def handle(self, inbound: Inbound) -> list[Reply]:
+        """Process one inbound message; never raises, never leaks internals to the user."""
+        try:
+            return await self._handle(inbound)
+        except Exception as exc:
+            # Only ids and the exception type: payloads may hold secrets.
+            log.error(
+                "inbound %s/%s failed: %s",
+                inbound.channel, inbound.message_id, type(exc).__name__,
+                exc_info=not isinstance(exc, ConcurrentUpdate),
+            )
+            t = Translator(resolve_language(inbound.language))
+            return [Reply(t("error.internal"))]
+
+    async def _handle(self, inbound: Inbound) -> list[Reply]:
+        clock = self.services.sale.clock
+        async with self.services.uow_factory() as uow:
+            if not await uow.inbox.claim(inbound.channel, inbound.message_id, clock.now()):
+                log.info("inbound %s/%s is a redelivery", inbound.channel, inbound.message_id)
+                return []
+            ctx = await self._context(uow, inbound)
+            before = ctx.step
+            try:
+                step = await self._run(ctx)
+            except UserError as refusal:
+                await uow.rollback()
+                return await self._refuse(uow, inbound, before, refusal)
+            await self._save(ctx, step)
+            await uow.commit()
+        replies = list(step.replies)
+        if step.after_commit is not None:
+            replies.extend(await self._after_commit(inbound, step))
+        return replies
+
+    async def _context(self, uow: UnitOfWork, inbound: Inbound) -> Ctx:
+        now = self.services.sale.clock.now()
+        lang = resolve_language(inbound.language)
+        user, _ = await uow.users.for_channel(
+            inbound.channel, inbound.user_id, inbound.chat_id, lang, now
+        )
+        if inbound.language and resolve_language(inbound.language) != user.language:
+            user = replace(user, language=resolve_language(inbound.language))
+            await uow.users.update(user)
+        state = await uow.conversations.get(inbound.channel, inbound.user_id)
+        if state is None:
+            state = ConversationState(inbound.channel, inbound.user_id, START)
+        ctx = Ctx(
+            uow=uow,
+            services=self.services,
+            inbound=inbound,
+            user=user,
+            t=Translator(resolve_language(inbound.language, user.language)),
+            step=state.step,
+            data=dict(state.data),
+        )
+        ctx.data["_version"] = state.version
+        return ctx
+
+    async def _run(self, ctx: Ctx) -> Step:
+        inbound = ctx.inbound
+        problem = self._precheck(inbound)
+        if problem:
+            return Step(ctx.step, (Reply(ctx.t(problem)), *await self.reprompt(ctx)))
+        inbound = self._normalise(ctx, inbound)
+        ctx.inbound = inbound
+        kind = inbound.kind
+        if kind is InputKind.COMMAND:
+            command = self.flow.commands.get(inbound.command or "")
+            if command is None:
+                return Step(
+                    ctx.step,
+                    (Reply(ctx.t("error.unknown_command", command=inbound.command)),
+                     *await self.reprompt(ctx)),
+                )
+            return await command(ctx)
+        if kind is InputKind.OPTION and inbound.option not in self.current_options(ctx):
+            key = "error.no_such_option" if inbound.option == "?" else "error.option_gone"
+            return Step(ctx.step, (Reply(ctx.t(key)), *await self.reprompt(ctx)))
+        handler = self.flow.table.get((ctx.step, kind))
+        if handler is None:
+            return Step(
+                ctx.step,
+                (Reply(ctx.t(f"error.unexpected_{kind.value}")), *await self.reprompt(ctx)),
+            )
+        return await handler(ctx)
+
+    def _precheck(self, inbound: Inbound) -> str | None:
+        if inbound.text is not None and len(inbound.text) > MAX_TEXT_CHARS:
+            return "error.too_long"
+        payload = inbound.image if inbound.image is not None else inbound.document
+        if payload is not None and len(payload) > MAX_UPLOAD_BYTES:
+            return "error.file_too_large"
+        if inbound.kind is InputKind.TEXT and not (inbound.text or "").strip():
+            return "error.empty_message"
+        return None
+
+    def _normalise(self, ctx: Ctx, inbound: Inbound) -> Inbound:
+        """A typed number answers the menu on screen; a typed keyword is a command."""
+        if inbound.kind is not InputKind.TEXT or inbound.text is None:
+            return inbound
+        text = inbound.text.strip()
+        if text.startswith("/") and len(text) > 1:
+            name, _, args = text[1:].partition(" ")
+            return replace(inbound, text=None, command=name.lower(), args=args.strip())
+        options = self.current_options(ctx)
+        match = _OPTION_NUMBER.match(text)
+        if options and match:
+            index = int(match.group(1)) - 1
+            chosen = options[index] if 0 <= index < len(options) else "?"
+            return replace(inbound, text=None, option=chosen)
+        command = KEYWORD_COMMANDS.get(text.lower())
+        if command is not None:
+            return replace(inbound, text=None, command=command)
+        return inbound
+
+    @staticmethod
+    def current_options(ctx: Ctx) -> list[str]:
+        """Ids of the options on screen, in their numbered order."""
+        return [str(o) for o in ctx.data.get("_options", [])]
+
+    async def reprompt(self, ctx: Ctx) -> tuple[Reply, ...]:
+        """Say again what the current step is waiting for."""
+        prompt = self.flow.prompts.get(ctx.step) or self.flow.prompts[START]
+        return await prompt(ctx)
+
+    async def _save(self, ctx: Ctx, step: Step) -> None:
+        data = {k: v for k, v in ctx.data.items() if k != "_version"}
+        options = _last_options(step.replies)
+        if options is not None:
+            data["_options"] = [o.id for o in options]
+        version = int(ctx.data.get("_version", 0))
+        await ctx.uow.conversations.save(
+            ConversationState(
+                ctx.inbound.channel, ctx.inbound.user_id, step.to, data, version,
+                self.services.sale.clock.now(),
+            )
+        )
+
+    async def _refuse(
+        self, uow: UnitOfWork, inbound: Inbound, step_name: str, refusal: UserError
+    ) -> list[Reply]:
+        """Answer a refusal; the only thing kept is that this message was handled."""
+        await uow.inbox.claim(inbound.channel, inbound.message_id, self.services.sale.clock.now())
+        ctx = await self._context(uow, inbound)
+        ctx.step = step_name
+        replies = (Reply(ctx.t(refusal.key, **refusal.params)), *await self.reprompt(ctx))
+        await self._save(ctx, Step(ctx.step, replies))
+        await uow.commit()
+        return list(replies)
+
+    async def _after_commit(self, inbound: Inbound, step: Step) -> tuple[Reply, ...]:
+        assert step.after_commit is not None
+        outcome = await step.after_commit()
+        if outcome.to is None and outcome.data is None and not outcome.replies:
+            return outcome.replies
+        async with self.services.uow_factory() as uow:
+            state = await uow.conversations.get(inbound.channel, inbound.user_id)
+            if state is None:
+                return outcome.replies
+            data = dict(state.data)
+            data.update(outcome.data or {})
+            options = _last_options(outcome.replies)
+            if options is not None:
+                data["_options"] = [o.id for o in options]
+            await uow.conversations.save(
+                replace(state, step=outcome.to or state.step, data=data,
+                        updated_at=self.services.sale.clock.now())
+            )
+            await uow.commit()
+        return outcome.replies
+
+
+def _last_options(replies: tuple[Reply, ...]) -> tuple[Option, ...] | None:
+    """The options of the last reply that offers any (those are the ones on screen)."""
+    for reply in reversed(replies):
+        if reply.options:
+            return reply.options
+    return () if replies else None

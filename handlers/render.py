@@ -1,0 +1,112 @@
+"""Turning domain records into text in the user's language. Amounts always in yuan with two
+decimals, computed from integer fen; times in China Standard Time."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from core.catalog import Catalog
+from core.model import Order, Quote
+from core.money import percent, yuan
+from core.pricing import PricingPolicy, price_list
+from core.sale import Receipt
+from handlers.i18n import Translator
+
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+
+
+def local_time(at: datetime) -> str:
+    """A timestamp as people in China read it: 2026-11-22 14:05 (UTC+8)."""
+    return at.astimezone(SHANGHAI).strftime("%Y-%m-%d %H:%M")
+
+
+def brand_name(catalog: Catalog, code: str, lang: str) -> str:
+    """A brand's name in the user's language (the code itself if the catalog lost it)."""
+    try:
+        return catalog.get(code).name(lang)
+    except KeyError:
+        return code
+
+
+def quote_text(t: Translator, catalog: Catalog, quote: Quote, card_masked: str) -> str:
+    """The quote with every line of its arithmetic and how long it holds."""
+    lines = [t("quote.header", brand=brand_name(catalog, quote.brand, t.lang), card=card_masked)]
+    for line in quote.lines:
+        lines.append(
+            t(
+                line.key,
+                amount=yuan(line.amount_fen) if line.amount_fen is not None else "",
+                rate=percent(line.rate_bp) if line.rate_bp is not None else "",
+            )
+        )
+    minutes = max(1, round((quote.expires_at - quote.created_at).total_seconds() / 60))
+    lines.append(t("quote.valid_until", time=local_time(quote.expires_at), minutes=minutes))
+    return "\n".join(lines)
+
+
+def status_text(t: Translator, status: str) -> str:
+    """An order status in words."""
+    return t(f"status.{status}")
+
+
+def orders_text(t: Translator, catalog: Catalog, orders: Sequence[Order]) -> str:
+    """A person's recent orders, one line each, newest first."""
+    if not orders:
+        return t("orders.none")
+    rows = [t("orders.header")]
+    for order in orders:
+        rows.append(
+            t(
+                "orders.row",
+                number=order.number,
+                brand=brand_name(catalog, order.brand, t.lang),
+                card=order.card_masked,
+                balance=yuan(order.balance_fen),
+                payout=yuan(order.payout_fen),
+                status=status_text(t, order.status.value),
+                time=local_time(order.created_at),
+            )
+        )
+    return "\n".join(rows)
+
+
+def prices_text(t: Translator, catalog: Catalog, pricing: PricingPolicy) -> str:
+    """Today's buy-back rates per brand and face-value band, and the fee."""
+    rows = [t("prices.header")]
+    for row in price_list(pricing, catalog):
+        if row.above_fen is None and row.up_to_fen is None:
+            band = t("prices.band_all")
+        elif row.up_to_fen is None:
+            band = t("prices.band_above", low=yuan(row.above_fen or 0))
+        else:
+            band = t("prices.band_upto", high=yuan(row.up_to_fen))
+        rows.append(t("prices.row", brand=row.brand.name(t.lang), band=band,
+                      rate=percent(row.rate_bp)))
+    rows.append(
+        t("prices.footer", fee=yuan(pricing.fee_fen), minutes=pricing.lock_minutes,
+          expiry_days=pricing.expiry_window_days, expiry=percent(pricing.expiry_adjust_bp))
+    )
+    return "\n".join(rows)
+
+
+def receipt_text(t: Translator, catalog: Catalog, receipt: Receipt) -> str:
+    """The electronic receipt (电子回单)."""
+    return t(
+        "receipt.body",
+        order=receipt.order_number,
+        brand=brand_name(catalog, receipt.brand, t.lang),
+        card=receipt.card_masked,
+        face=yuan(receipt.face_value_fen),
+        balance=yuan(receipt.balance_fen),
+        fee=yuan(receipt.fee_fen),
+        payout=yuan(receipt.payout_fen),
+        method=t(f"method.{receipt.method.value}"),
+        account=receipt.account_masked,
+        holder=receipt.holder_masked,
+        reference=receipt.reference,
+        txn=receipt.provider_txn_id or "-",
+        time=local_time(receipt.paid_at),
+        hash=receipt.audit_hash[:16],
+    )

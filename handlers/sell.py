@@ -1,0 +1,609 @@
+"""The sell flow: card → secret → verification → quote → consent and identity (first sale) →
+payout account (remembered) → confirmation → settlement → receipt. The table at the bottom is
+the whole graph."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import replace
+from typing import Any
+
+from core import sale
+from core.catalog import normalize_card_number
+from core.errors import (
+    CardNotFound,
+    CardNotRecognised,
+    CardUnusable,
+    InvalidIdentity,
+    QuoteExpired,
+    WrongSecret,
+)
+from core.messages import InputKind, Option, Reply
+from core.model import Card, Order, OrderStatus, PayoutMethod
+from core.money import yuan
+from core.masking import mask_account, mask_card_number
+from core.ports import CardReading
+from handlers import render
+from handlers.engine import START, AfterCommit, Ctx, Flow, Step, StepHandler
+
+AWAIT_CARD = "await_card"
+AWAIT_CARD_CHOICE = "await_card_choice"
+AWAIT_SECRET = "await_secret"
+AWAIT_QUOTE = "await_quote"
+AWAIT_CONSENT = "await_consent"
+AWAIT_NAME = "await_name"
+AWAIT_ID = "await_id_number"
+AWAIT_PHONE = "await_phone"
+AWAIT_METHOD = "await_method"
+AWAIT_ACCOUNT = "await_account"
+AWAIT_BANK_CONFIRM = "await_bank_confirm"
+AWAIT_PAYOUT_CONFIRM = "await_payout_confirm"
+
+MAX_SECRET_ATTEMPTS = 3
+
+
+# --------------------------------------------------------------------------------------------
+# Prompts: what each state is waiting for (also used to repeat it after a refusal)
+
+
+def menu_options(ctx: Ctx) -> tuple[Option, ...]:
+    """The main menu."""
+    return (
+        Option("menu.sell", ctx.t("menu.sell")),
+        Option("menu.prices", ctx.t("menu.prices")),
+        Option("menu.orders", ctx.t("menu.orders")),
+        Option("menu.help", ctx.t("menu.help")),
+    )
+
+
+async def prompt_start(ctx: Ctx) -> tuple[Reply, ...]:
+    return (Reply(ctx.t("menu.prompt"), menu_options(ctx)),)
+
+
+async def prompt_card(ctx: Ctx) -> tuple[Reply, ...]:
+    return (Reply(ctx.t("sell.ask_card")),)
+
+
+async def prompt_card_choice(ctx: Ctx) -> tuple[Reply, ...]:
+    choices = ctx.data.get("choices", [])
+    options = tuple(Option(f"pick.{i}", label) for i, (label, _) in enumerate(choices))
+    return (Reply(ctx.t("sell.pick_card"), options),)
+
+
+async def prompt_secret(ctx: Ctx) -> tuple[Reply, ...]:
+    card = await ctx.uow.cards.get(int(ctx.data["card_id"]))
+    return (Reply(ctx.t("sell.ask_secret", card=card.number_masked,
+                        brand=render.brand_name(ctx.deps.catalog, card.brand, ctx.lang))),)
+
+
+async def prompt_quote(ctx: Ctx) -> tuple[Reply, ...]:
+    order = await ctx.uow.orders.get(int(ctx.data["order_id"]))
+    quote = await ctx.uow.quotes.get(order.quote_id)
+    text = render.quote_text(ctx.t, ctx.deps.catalog, quote, order.card_masked)
+    return (Reply(text, (Option("quote.accept", ctx.t("quote.accept")),
+                         Option("quote.decline", ctx.t("quote.decline")))),)
+
+
+async def prompt_consent(ctx: Ctx) -> tuple[Reply, ...]:
+    return (Reply(ctx.t("identity.consent"), (Option("consent.yes", ctx.t("consent.yes")),
+                                              Option("consent.no", ctx.t("consent.no")))),)
+
+
+async def prompt_name(ctx: Ctx) -> tuple[Reply, ...]:
+    return (Reply(ctx.t("identity.ask_name")),)
+
+
+async def prompt_id(ctx: Ctx) -> tuple[Reply, ...]:
+    return (Reply(ctx.t("identity.ask_id_number")),)
+
+
+async def prompt_phone(ctx: Ctx) -> tuple[Reply, ...]:
+    return (Reply(ctx.t("identity.ask_phone")),)
+
+
+async def prompt_method(ctx: Ctx) -> tuple[Reply, ...]:
+    options: list[Option] = []
+    for account in list(await ctx.uow.payout_accounts.for_user(ctx.user.id))[:3]:
+        options.append(Option(
+            f"account.{account.id}",
+            ctx.t("payout.use_saved", method=ctx.t(f"method.{account.method.value}"),
+                  account=account.account_masked),
+        ))
+    options += [Option(f"method.{m.value}", ctx.t(f"method.{m.value}")) for m in PayoutMethod]
+    return (Reply(ctx.t("payout.ask_method"), tuple(options)),)
+
+
+async def prompt_account(ctx: Ctx) -> tuple[Reply, ...]:
+    method = PayoutMethod(ctx.data["method"])
+    return (Reply(ctx.t(f"payout.ask_account.{method.value}", name=ctx.user.real_name or "")),)
+
+
+async def prompt_bank_confirm(ctx: Ctx) -> tuple[Reply, ...]:
+    return (Reply(ctx.t("payout.luhn_warning", account=ctx.data.get("pending_masked", "")),
+                  (Option("bank.keep", ctx.t("payout.luhn_keep")),
+                   Option("bank.retype", ctx.t("payout.luhn_retype")))),)
+
+
+async def prompt_payout_confirm(ctx: Ctx) -> tuple[Reply, ...]:
+    order = await ctx.uow.orders.get(int(ctx.data["order_id"]))
+    account = await ctx.uow.payout_accounts.get(int(ctx.data["account_id"]))
+    text = ctx.t(
+        "payout.confirm",
+        amount=yuan(order.payout_fen),
+        method=ctx.t(f"method.{account.method.value}"),
+        account=account.account_masked,
+        holder=account.holder_name,
+        order=order.number,
+    )
+    return (Reply(text, (Option("pay.confirm", ctx.t("pay.confirm")),
+                         Option("pay.change", ctx.t("pay.change")),
+                         Option("pay.cancel", ctx.t("pay.cancel")))),)
+
+
+# --------------------------------------------------------------------------------------------
+# Commands, available at every step
+
+
+async def cmd_start(ctx: Ctx) -> Step:
+    """Welcome and the main menu; an unfinished sale is kept until the user cancels it."""
+    replies = [Reply(ctx.t("menu.welcome"))]
+    if ctx.step not in (START, AWAIT_CARD):
+        replies.append(Reply(ctx.t("menu.sale_in_progress")))
+        return Step(ctx.step, (*replies, *await PROMPTS[ctx.step](ctx)))
+    return Step(START, (*replies, *await prompt_start(ctx)))
+
+
+async def cmd_help(ctx: Ctx) -> Step:
+    return Step(ctx.step, (Reply(ctx.t("help.text")), *await PROMPTS[ctx.step](ctx)))
+
+
+async def cmd_sell(ctx: Ctx) -> Step:
+    """Start selling a card; a sale that was waiting for the user is withdrawn first."""
+    replies: list[Reply] = []
+    if await _withdraw_open_orders(ctx):
+        replies.append(Reply(ctx.t("sell.previous_withdrawn")))
+    _clear_sale(ctx)
+    return Step(AWAIT_CARD, (*replies, *await prompt_card(ctx)))
+
+
+async def cmd_prices(ctx: Ctx) -> Step:
+    text = render.prices_text(ctx.t, ctx.deps.catalog, ctx.deps.pricing)
+    return Step(ctx.step, (Reply(text), *await PROMPTS[ctx.step](ctx)))
+
+
+async def cmd_orders(ctx: Ctx) -> Step:
+    orders = await ctx.uow.orders.for_user(ctx.user.id, limit=10)
+    text = render.orders_text(ctx.t, ctx.deps.catalog, orders)
+    return Step(ctx.step, (Reply(text), *await PROMPTS[ctx.step](ctx)))
+
+
+async def cmd_cancel(ctx: Ctx) -> Step:
+    """Withdraw the sale in progress (never one already being paid) and go back to the menu."""
+    withdrawn = await _withdraw_open_orders(ctx)
+    _clear_sale(ctx)
+    key = "sell.cancelled" if withdrawn or ctx.step != START else "sell.nothing_to_cancel"
+    return Step(START, (Reply(ctx.t(key)), *await prompt_start(ctx)))
+
+
+async def _withdraw_open_orders(ctx: Ctx) -> bool:
+    withdrawn = False
+    for order in await sale.open_orders(ctx.uow, ctx.user):
+        await sale.cancel_order(ctx.uow, ctx.deps, order, f"user:{ctx.user.id}")
+        withdrawn = True
+    return withdrawn
+
+
+def _clear_sale(ctx: Ctx) -> None:
+    for key in [k for k in ctx.data if not k.startswith("_")]:
+        del ctx.data[key]
+
+
+# --------------------------------------------------------------------------------------------
+# Menu
+
+
+async def on_menu(ctx: Ctx) -> Step:
+    choice = ctx.inbound.option
+    command = {"menu.sell": cmd_sell, "menu.prices": cmd_prices,
+               "menu.orders": cmd_orders, "menu.help": cmd_help}[str(choice)]
+    return await command(ctx)
+
+
+async def on_text_at_start(ctx: Ctx) -> Step:
+    """At the menu, a typed card number starts a sale; anything else gets the menu again."""
+    text = ctx.inbound.text or ""
+    digits = sum(ch.isdigit() for ch in text)
+    if digits >= 8:
+        _clear_sale(ctx)
+        return await on_card_number(ctx)
+    return Step(START, (Reply(ctx.t("menu.not_understood")), *await prompt_start(ctx)))
+
+
+# --------------------------------------------------------------------------------------------
+# The card
+
+
+async def on_card_number(ctx: Ctx) -> Step:
+    """A typed card number."""
+    card = await sale.capture_card(ctx.uow, ctx.deps, ctx.user, ctx.inbound.text or "")
+    return await _after_capture(ctx, card)
+
+
+async def on_card_photo(ctx: Ctx) -> Step:
+    """A photo of the card: read its barcode, or say precisely how to take a better one."""
+    image = ctx.inbound.image if ctx.inbound.image is not None else ctx.inbound.document
+    reading = await ctx.services.reader.read(image or b"")
+    return await _from_reading(ctx, reading)
+
+
+async def on_card_document(ctx: Ctx) -> Step:
+    """A file: an image sent as a file counts as a photo; anything else is refused."""
+    return await on_card_photo(ctx)
+
+
+async def _from_reading(ctx: Ctx, reading: CardReading) -> Step:
+    if "not_an_image" in reading.hints:
+        return Step(ctx.step, (Reply(ctx.t("photo.not_an_image")), *await prompt_card(ctx)))
+    if "too_large" in reading.hints:
+        return Step(ctx.step, (Reply(ctx.t("error.file_too_large")), *await prompt_card(ctx)))
+    recognised: list[tuple[str, str]] = []
+    for text in reading.candidates:
+        try:
+            brand = ctx.deps.catalog.match(text)
+        except CardNotRecognised:
+            continue
+        label = f"{brand.name(ctx.lang)} {mask_card_number(normalize_card_number(text))}"
+        recognised.append((label, text))
+    if not recognised:
+        if reading.candidates:
+            return Step(ctx.step, (Reply(ctx.t("photo.not_a_card")), *await prompt_card(ctx)))
+        hints = [ctx.t(f"photo.hint.{h}") for h in reading.hints] or [ctx.t("photo.hint.none")]
+        text = ctx.t("photo.unreadable", hints="\n".join(f"• {h}" for h in hints))
+        return Step(ctx.step, (Reply(text),))
+    if len(recognised) > 1:
+        # Several codes on one card (e.g. a product EAN beside the card number): ask which.
+        ctx.data["choices_enc"] = _seal(ctx, "\n".join(t for _, t in recognised))
+        ctx.data["choices"] = [(label, i) for i, (label, _) in enumerate(recognised)]
+        return Step(AWAIT_CARD_CHOICE, await prompt_card_choice(ctx))
+    card = await sale.capture_card(ctx.uow, ctx.deps, ctx.user, recognised[0][1])
+    return await _after_capture(ctx, card, from_photo=True)
+
+
+async def on_card_choice(ctx: Ctx) -> Step:
+    index = int(str(ctx.inbound.option).split(".")[1])
+    numbers = _unseal(ctx, ctx.data.pop("choices_enc")).split("\n")
+    ctx.data.pop("choices", None)
+    card = await sale.capture_card(ctx.uow, ctx.deps, ctx.user, numbers[index])
+    return await _after_capture(ctx, card, from_photo=True)
+
+
+async def _after_capture(ctx: Ctx, card: Card, from_photo: bool = False) -> Step:
+    ctx.data["card_id"] = card.id
+    ctx.data["secret_attempts"] = 0
+    brand = ctx.deps.catalog.get(card.brand)
+    seen = Reply(ctx.t("sell.card_read" if from_photo else "sell.card_typed",
+                       brand=brand.name(ctx.lang), card=card.number_masked))
+    if brand.has_secret:
+        return Step(AWAIT_SECRET, (seen, *await prompt_secret(ctx)))
+    step = await _verify_and_quote(ctx, card)
+    return replace(step, replies=(seen, *step.replies))
+
+
+async def on_secret(ctx: Ctx) -> Step:
+    """The card secret: stored encrypted at once; the message that carried it is deleted."""
+    card = await ctx.uow.cards.get(int(ctx.data["card_id"]))
+    card = await sale.attach_secret(ctx.uow, ctx.deps, card, ctx.inbound.text or "")
+    step = await _verify_and_quote(ctx, card)
+    stored = Reply(ctx.t("sell.secret_stored"), delete_inbound=True)
+    return replace(step, replies=(stored, *step.replies))
+
+
+async def _verify_and_quote(ctx: Ctx, card: Card) -> Step:
+    try:
+        card = await sale.verify_card(ctx.uow, ctx.deps, card)
+    except WrongSecret as wrong:
+        await ctx.uow.cards.update(replace(card, secret_enc=None))
+        attempts = int(ctx.data.get("secret_attempts", 0)) + 1
+        ctx.data["secret_attempts"] = attempts
+        if attempts >= MAX_SECRET_ATTEMPTS:
+            _clear_sale(ctx)
+            return Step(AWAIT_CARD, (Reply(ctx.t("error.wrong_secret_final")),
+                                     *await prompt_card(ctx)))
+        return Step(AWAIT_SECRET, (
+            Reply(ctx.t(wrong.key, left=MAX_SECRET_ATTEMPTS - attempts, **wrong.params)),))
+    except (CardUnusable, CardNotFound) as refusal:
+        _clear_sale(ctx)
+        return Step(AWAIT_CARD, (Reply(ctx.t(refusal.key, **refusal.params)),
+                                 Reply(ctx.t("sell.ask_another_card"))))
+    quote, order = await sale.quote_for(ctx.uow, ctx.deps, ctx.user, card, ctx.inbound.channel)
+    ctx.data["order_id"] = order.id
+    return Step(AWAIT_QUOTE, await prompt_quote(ctx))
+
+
+# --------------------------------------------------------------------------------------------
+# The quote
+
+
+async def on_quote_choice(ctx: Ctx) -> Step:
+    order = await ctx.uow.orders.get(int(ctx.data["order_id"]))
+    if ctx.inbound.option == "quote.decline":
+        await sale.cancel_order(ctx.uow, ctx.deps, order, f"user:{ctx.user.id}")
+        _clear_sale(ctx)
+        return Step(START, (Reply(ctx.t("quote.declined")), *await prompt_start(ctx)))
+    if order.status is not OrderStatus.QUOTED:
+        _clear_sale(ctx)
+        return Step(START, (Reply(ctx.t("quote.no_longer_open")), *await prompt_start(ctx)))
+    try:
+        await sale.accept_quote(ctx.uow, ctx.deps, order)
+    except QuoteExpired:
+        # The lock ran out: check the card again and show a fresh quote to agree to.
+        card = await ctx.uow.cards.get(order.card_id)
+        step = await _verify_and_quote(ctx, card)
+        return replace(step, replies=(Reply(ctx.t("quote.expired_requoted")), *step.replies))
+    return await _after_accept(ctx)
+
+
+async def _after_accept(ctx: Ctx) -> Step:
+    accepted = Reply(ctx.t("quote.accepted"))
+    if ctx.user.is_verified:
+        return Step(AWAIT_METHOD, (accepted, *await prompt_method(ctx)))
+    if await sale.has_identity_consent(ctx.uow, ctx.user):
+        return Step(AWAIT_NAME, (accepted, Reply(ctx.t("identity.intro")), *await prompt_name(ctx)))
+    return Step(AWAIT_CONSENT, (accepted, *await prompt_consent(ctx)))
+
+
+# --------------------------------------------------------------------------------------------
+# Identity (first sale): separate consent first, then name, resident ID, phone
+
+
+async def on_consent(ctx: Ctx) -> Step:
+    if ctx.inbound.option == "consent.no":
+        order = await ctx.uow.orders.get(int(ctx.data["order_id"]))
+        await sale.cancel_order(ctx.uow, ctx.deps, order, f"user:{ctx.user.id}")
+        _clear_sale(ctx)
+        return Step(START, (Reply(ctx.t("identity.consent_declined")), *await prompt_start(ctx)))
+    await sale.record_identity_consent(ctx.uow, ctx.deps, ctx.user, ctx.inbound.channel)
+    return Step(AWAIT_NAME, (Reply(ctx.t("identity.consent_recorded")), *await prompt_name(ctx)))
+
+
+async def on_name(ctx: Ctx) -> Step:
+    ctx.data["name_enc"] = _seal(ctx, sale.check_real_name(ctx.inbound.text or ""))
+    return Step(AWAIT_ID, await prompt_id(ctx))
+
+
+async def on_id_number(ctx: Ctx) -> Step:
+    number = sale.check_id_number(ctx.deps, ctx.inbound.text or "")
+    ctx.data["id_enc"] = _seal(ctx, number)
+    return Step(AWAIT_PHONE, (Reply(ctx.t("identity.id_ok"), delete_inbound=True),
+                              *await prompt_phone(ctx)))
+
+
+async def on_phone(ctx: Ctx) -> Step:
+    phone = sale.check_phone(ctx.inbound.text or "")
+    try:
+        name = _unseal(ctx, ctx.data.pop("name_enc"))
+        id_number = _unseal(ctx, ctx.data.pop("id_enc"))
+    except KeyError:
+        return Step(AWAIT_NAME, (Reply(ctx.t("identity.start_again")), *await prompt_name(ctx)))
+    try:
+        ctx.user = await sale.verify_identity(ctx.uow, ctx.deps, ctx.user, name, id_number, phone)
+    except InvalidIdentity as refusal:
+        return Step(AWAIT_NAME, (Reply(ctx.t(refusal.key)), *await prompt_name(ctx)))
+    done = Reply(ctx.t("identity.verified", name=ctx.user.real_name,
+                       id=ctx.user.id_number_masked, phone=ctx.user.phone_masked))
+    return Step(AWAIT_METHOD, (done, *await prompt_method(ctx)))
+
+
+# --------------------------------------------------------------------------------------------
+# Payout account and confirmation
+
+
+async def on_method(ctx: Ctx) -> Step:
+    choice = str(ctx.inbound.option)
+    if choice.startswith("account."):
+        account = await ctx.uow.payout_accounts.get(int(choice.split(".")[1]))
+        if account.user_id != ctx.user.id:
+            return Step(AWAIT_METHOD, (Reply(ctx.t("error.option_gone")),
+                                       *await prompt_method(ctx)))
+        ctx.data["account_id"] = account.id
+        return Step(AWAIT_PAYOUT_CONFIRM, await prompt_payout_confirm(ctx))
+    ctx.data["method"] = PayoutMethod(choice.split(".")[1]).value
+    return Step(AWAIT_ACCOUNT, await prompt_account(ctx))
+
+
+async def on_account(ctx: Ctx) -> Step:
+    method = PayoutMethod(ctx.data["method"])
+    account, checks_ok = sale.normalize_account(method, ctx.inbound.text or "")
+    if not checks_ok:
+        ctx.data["pending_enc"] = _seal(ctx, account)
+        ctx.data["pending_masked"] = mask_account(method.value, account)
+        return Step(AWAIT_BANK_CONFIRM, await prompt_bank_confirm(ctx))
+    return await _use_account(ctx, method, account)
+
+
+async def on_bank_confirm(ctx: Ctx) -> Step:
+    if ctx.inbound.option == "bank.retype":
+        ctx.data.pop("pending_enc", None)
+        ctx.data.pop("pending_masked", None)
+        return Step(AWAIT_ACCOUNT, await prompt_account(ctx))
+    account = _unseal(ctx, ctx.data.pop("pending_enc"))
+    ctx.data.pop("pending_masked", None)
+    return await _use_account(ctx, PayoutMethod(ctx.data["method"]), account)
+
+
+async def _use_account(ctx: Ctx, method: PayoutMethod, account: str) -> Step:
+    row = await sale.add_payout_account(ctx.uow, ctx.deps, ctx.user, method, account)
+    ctx.data["account_id"] = row.id
+    return Step(AWAIT_PAYOUT_CONFIRM, (Reply(ctx.t("payout.account_saved")),
+                                       *await prompt_payout_confirm(ctx)))
+
+
+async def on_payout_confirm(ctx: Ctx) -> Step:
+    choice = ctx.inbound.option
+    order = await ctx.uow.orders.get(int(ctx.data["order_id"]))
+    if choice == "pay.change":
+        return Step(AWAIT_METHOD, await prompt_method(ctx))
+    if choice == "pay.cancel":
+        if order.status in (OrderStatus.QUOTED, OrderStatus.ACCEPTED):
+            await sale.cancel_order(ctx.uow, ctx.deps, order, f"user:{ctx.user.id}")
+        _clear_sale(ctx)
+        return Step(START, (Reply(ctx.t("sell.cancelled")), *await prompt_start(ctx)))
+    account = await ctx.uow.payout_accounts.get(int(ctx.data["account_id"]))
+    if order.status is OrderStatus.PAYOUT_FAILED:
+        return _retry_payout(ctx, order, account.id)
+    if order.status in SETTLING:
+        # A restart cut the last attempt short: carry on (settlement is idempotent).
+        return _settle_step(ctx, order)
+    if order.status is not OrderStatus.ACCEPTED:
+        _clear_sale(ctx)
+        return Step(START, (Reply(ctx.t("quote.no_longer_open")), *await prompt_start(ctx)))
+    order, decision = await sale.submit_order(ctx.uow, ctx.deps, order, account)
+    if order.status is OrderStatus.REJECTED:
+        _clear_sale(ctx)
+        reasons = "\n".join(f"• {ctx.t(r)}" for r in decision.reasons)
+        return Step(START, (Reply(ctx.t("risk.rejected", reasons=reasons)),
+                            *await prompt_start(ctx)))
+    if order.status is OrderStatus.REVIEW:
+        _clear_sale(ctx)
+        return Step(START, (Reply(ctx.t("risk.review", order=order.number)),
+                            *await prompt_start(ctx)))
+    return _settle_step(ctx, order)
+
+
+SETTLING = (OrderStatus.APPROVED, OrderStatus.REDEEMED, OrderStatus.PAYING, OrderStatus.SETTLED)
+
+
+def _settle_step(ctx: Ctx, order: Order) -> Step:
+    order_id = order.id
+    assert order_id is not None
+    services, t = ctx.services, ctx.t
+
+    async def pay() -> AfterCommit:
+        after = await sale.settle(services.uow_factory, services.sale, order_id)
+        return await settlement_outcome(services, t, after)
+
+    return Step(AWAIT_PAYOUT_CONFIRM, (Reply(ctx.t("pay.sending", order=order.number)),),
+                after_commit=pay)
+
+
+def _retry_payout(ctx: Ctx, order: Order, account_id: int | None) -> Step:
+    order_id = order.id
+    assert order_id is not None and account_id is not None
+    services, t = ctx.services, ctx.t
+
+    async def pay_again() -> AfterCommit:
+        async with services.uow_factory() as uow:
+            account = await uow.payout_accounts.get(account_id)
+        after = await sale.retry_failed_payout(services.uow_factory, services.sale, order_id,
+                                               account)
+        return await settlement_outcome(services, t, after)
+
+    return Step(AWAIT_PAYOUT_CONFIRM, (Reply(ctx.t("pay.sending", order=order.number)),),
+                after_commit=pay_again)
+
+
+async def settlement_outcome(services: Any, t: Any, order: Order) -> AfterCommit:
+    """What the user hears once settlement has gone as far as it can for now."""
+    catalog = services.sale.catalog
+    menu = Reply(t("menu.prompt"), (
+        Option("menu.sell", t("menu.sell")), Option("menu.prices", t("menu.prices")),
+        Option("menu.orders", t("menu.orders")), Option("menu.help", t("menu.help"))))
+    if order.status is OrderStatus.SETTLED:
+        assert order.id is not None
+        async with services.uow_factory() as uow:
+            receipt = await sale.receipt_for(uow, order.id)
+        return AfterCommit(
+            (Reply(t("pay.done", amount=yuan(order.payout_fen))),
+             Reply(render.receipt_text(t, catalog, receipt)), menu),
+            to=START, data=_cleared_data(),
+        )
+    if order.status is OrderStatus.PAYOUT_FAILED:
+        async with services.uow_factory() as uow:
+            payout = await uow.payouts.for_order(order.id or 0)
+        reason = payout.failure_reason if payout else None
+        return AfterCommit(
+            (Reply(t("pay.failed", order=order.number, reason=t(f"payout_failure.{reason}")
+                     if reason else "-")),
+             Reply(t("payout.ask_method_again"), tuple(
+                 Option(f"method.{m.value}", t(f"method.{m.value}")) for m in PayoutMethod))),
+            to=AWAIT_METHOD, data={},
+        )
+    if order.status is OrderStatus.CANCELLED:
+        return AfterCommit((Reply(t("pay.card_changed", order=order.number)), menu),
+                           to=START, data=_cleared_data())
+    return AfterCommit((Reply(t("pay.pending", order=order.number)), menu),
+                       to=START, data=_cleared_data())
+
+
+def _cleared_data() -> dict[str, Any]:
+    return {"card_id": None, "order_id": None, "account_id": None, "method": None}
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers: values that must survive between messages are sealed with the vault
+
+
+def _seal(ctx: Ctx, value: str) -> str:
+    return base64.b64encode(ctx.deps.vault.encrypt(value, ctx.conversation_key())).decode()
+
+
+def _unseal(ctx: Ctx, sealed: str) -> str:
+    return ctx.deps.vault.decrypt(base64.b64decode(sealed), ctx.conversation_key())
+
+
+# --------------------------------------------------------------------------------------------
+# The graph
+
+T, C, I, D, O = (InputKind.TEXT, InputKind.COMMAND, InputKind.IMAGE, InputKind.DOCUMENT,
+                 InputKind.OPTION)
+
+TABLE: dict[tuple[str, InputKind], StepHandler] = {
+    (START, T): on_text_at_start,
+    (START, I): on_card_photo,
+    (START, D): on_card_document,
+    (START, O): on_menu,
+    (AWAIT_CARD, T): on_card_number,
+    (AWAIT_CARD, I): on_card_photo,
+    (AWAIT_CARD, D): on_card_document,
+    (AWAIT_CARD_CHOICE, O): on_card_choice,
+    (AWAIT_SECRET, T): on_secret,
+    (AWAIT_QUOTE, O): on_quote_choice,
+    (AWAIT_CONSENT, O): on_consent,
+    (AWAIT_NAME, T): on_name,
+    (AWAIT_ID, T): on_id_number,
+    (AWAIT_PHONE, T): on_phone,
+    (AWAIT_METHOD, O): on_method,
+    (AWAIT_ACCOUNT, T): on_account,
+    (AWAIT_BANK_CONFIRM, O): on_bank_confirm,
+    (AWAIT_PAYOUT_CONFIRM, O): on_payout_confirm,
+}
+
+COMMANDS: dict[str, StepHandler] = {
+    "start": cmd_start,
+    "help": cmd_help,
+    "sell": cmd_sell,
+    "prices": cmd_prices,
+    "orders": cmd_orders,
+    "cancel": cmd_cancel,
+}
+
+PROMPTS = {
+    START: prompt_start,
+    AWAIT_CARD: prompt_card,
+    AWAIT_CARD_CHOICE: prompt_card_choice,
+    AWAIT_SECRET: prompt_secret,
+    AWAIT_QUOTE: prompt_quote,
+    AWAIT_CONSENT: prompt_consent,
+    AWAIT_NAME: prompt_name,
+    AWAIT_ID: prompt_id,
+    AWAIT_PHONE: prompt_phone,
+    AWAIT_METHOD: prompt_method,
+    AWAIT_ACCOUNT: prompt_account,
+    AWAIT_BANK_CONFIRM: prompt_bank_confirm,
+    AWAIT_PAYOUT_CONFIRM: prompt_payout_confirm,
+}
+
+
+def sell_flow() -> Flow:
+    """The sell conversation as one table."""
+    return Flow(table=TABLE, commands=COMMANDS, prompts=PROMPTS)
