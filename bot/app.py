@@ -19,7 +19,7 @@ from handlers.sell import sell_flow
 from storage.crypto import load_vault
 from storage.db import SqlAlchemyUnitOfWorkFactory, is_sqlite
 from storage.migrate import upgrade_async
-from vision import PyzbarCardReader
+from vision.reader import PyzbarCardReader
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ DEFAULT_CARDS = Path(__file__).parent / "sandbox" / "cards.csv"
 
 
 def _env(*names: str) -> Any:
-    return Field(validation_alias=AliasChoices(*names))
+    return Field(None, validation_alias=AliasChoices(*names))
 
 
 class Settings(BaseSettings):

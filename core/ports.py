@@ -292,11 +292,12 @@ class PayoutAccountRepository(Protocol):
 
 class PayoutRepository(Protocol):
     async def add(self, payout: Payout) -> Payout:
-        """Insert; the reference is unique (a second payout for the same order is refused)."""
+        """Insert; the reference is unique, and an order has at most one payout that has not
+        FAILED (a second one is refused with ConcurrentUpdate)."""
         ...
 
     async def for_order(self, order_id: int) -> Payout | None:
-        """The payout of an order."""
+        """The latest payout of an order."""
         ...
 
     async def update(self, payout: Payout) -> None:

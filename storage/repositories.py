@@ -1,0 +1,899 @@
+"""SQLAlchemy implementations of the repository ports in ``core.ports``. Each maps rows of
+``storage.tables`` to and from ``core.model`` records. Repositories flush but never commit: the
+unit of work owns the transaction."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import CursorResult, Insert, Table, func, literal_column, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError as SqlIntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.audit import GENESIS_HASH, canonical_json, chain_hash
+from core.errors import ConcurrentUpdate, LedgerError
+from core.model import (
+    AuditEvent,
+    Card,
+    ChannelIdentity,
+    Consent,
+    ConversationState,
+    LedgerTransaction,
+    Order,
+    OrderStatus,
+    Payout,
+    PayoutAccount,
+    PayoutMethod,
+    PayoutState,
+    Posting,
+    Quote,
+    QuoteLine,
+    User,
+)
+from storage.tables import (
+    AuditEventRow,
+    Base,
+    CardRow,
+    ChannelIdentityRow,
+    ConsentRow,
+    ConversationRow,
+    LedgerPostingRow,
+    LedgerTransactionRow,
+    OrderRow,
+    PayoutAccountRow,
+    PayoutRow,
+    ProcessedInboundRow,
+    QuoteRow,
+    UserRow,
+    metadata,
+)
+
+RowT = TypeVar("RowT", bound=Base)
+
+# Core views of two tables that are used without the ORM (no identity map in the way).
+CONVERSATIONS: Table = metadata.tables[ConversationRow.__tablename__]
+PROCESSED_INBOUND: Table = metadata.tables[ProcessedInboundRow.__tablename__]
+
+# Any constant works; it only has to be the same in every process that appends to the audit log.
+AUDIT_LOCK_KEY = 0x0CA2DB07
+
+
+def _utc(value: datetime) -> datetime:
+    """Normalise to UTC, as the database returns it, so hashes and comparisons agree."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"naive datetime {value!r}: timestamps must be timezone-aware")
+    return value.astimezone(UTC)
+
+
+def _utc_or_none(value: datetime | None) -> datetime | None:
+    return None if value is None else _utc(value)
+
+
+def _insert_or_ignore(
+    session: AsyncSession, table: Table, values: dict[str, Any], unique: list[str]
+) -> Insert:
+    """INSERT … ON CONFLICT (unique) DO NOTHING for the session's dialect."""
+    name = session.get_bind().dialect.name
+    if name == "postgresql":
+        return (
+            postgresql.insert(table).values(values).on_conflict_do_nothing(index_elements=unique)
+        )
+    if name == "sqlite":
+        return sqlite.insert(table).values(values).on_conflict_do_nothing(index_elements=unique)
+    raise NotImplementedError(f"unsupported database dialect {name!r}")
+
+
+async def _get_row(session: AsyncSession, row_type: type[RowT], row_id: int, what: str) -> RowT:
+    row = await session.get(row_type, row_id)
+    if row is None:
+        raise KeyError(f"{what} {row_id} not found")
+    return row
+
+
+def _require_id(record_id: int | None, what: str) -> int:
+    if record_id is None:
+        raise ValueError(f"{what} has no id: add it before updating")
+    return record_id
+
+
+# --------------------------------------------------------------------------------------------
+# Inbox and conversations
+
+
+class SqlAlchemyInboxRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def claim(self, channel: str, external_id: str, at: datetime) -> bool:
+        """Record an inbound message id; False if it was already recorded (a redelivery)."""
+        stmt = _insert_or_ignore(
+            self._session,
+            PROCESSED_INBOUND,
+            {"channel": channel, "external_id": external_id, "processed_at": _utc(at)},
+            ["channel", "external_id"],
+        )
+        result = await self._session.execute(stmt)
+        assert isinstance(result, CursorResult)
+        return result.rowcount == 1
+
+
+def _conversation(row: Any) -> ConversationState:
+    return ConversationState(
+        channel=row.channel,
+        user_key=row.user_key,
+        step=row.step,
+        data=dict(row.data),
+        version=row.version,
+        updated_at=row.updated_at,
+    )
+
+
+class SqlAlchemyConversationRepository:
+    """Core statements only (no identity map), so a read always sees the stored version."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def get(self, channel: str, user_key: str) -> ConversationState | None:
+        """The conversation of a channel user, or None."""
+        table = CONVERSATIONS
+        result = await self._session.execute(
+            select(table).where(table.c.channel == channel, table.c.user_key == user_key)
+        )
+        row = result.one_or_none()
+        return None if row is None else _conversation(row)
+
+    async def save(self, state: ConversationState) -> ConversationState:
+        """Insert (version 0) or update under optimistic locking; returns version + 1."""
+        table = CONVERSATIONS
+        updated_at = _utc(state.updated_at) if state.updated_at else datetime.now(UTC)
+        new_version = state.version + 1
+        if state.version == 0:
+            try:
+                async with self._session.begin_nested():
+                    await self._session.execute(
+                        table.insert().values(
+                            channel=state.channel,
+                            user_key=state.user_key,
+                            step=state.step,
+                            data=state.data,
+                            version=new_version,
+                            updated_at=updated_at,
+                        )
+                    )
+            except SqlIntegrityError as exc:
+                raise ConcurrentUpdate(
+                    f"conversation {state.channel}:{state.user_key} already exists"
+                ) from exc
+        else:
+            result = await self._session.execute(
+                update(table)
+                .where(
+                    table.c.channel == state.channel,
+                    table.c.user_key == state.user_key,
+                    table.c.version == state.version,
+                )
+                .values(
+                    step=state.step, data=state.data, version=new_version, updated_at=updated_at
+                )
+            )
+            assert isinstance(result, CursorResult)
+            if result.rowcount != 1:
+                raise ConcurrentUpdate(
+                    f"conversation {state.channel}:{state.user_key} is no longer at version "
+                    f"{state.version}"
+                )
+        return replace(state, version=new_version, updated_at=updated_at)
+
+
+# --------------------------------------------------------------------------------------------
+# People
+
+
+def _user(row: UserRow) -> User:
+    return User(
+        id=row.id,
+        created_at=row.created_at,
+        language=row.language,
+        real_name=row.real_name,
+        id_number_enc=row.id_number_enc,
+        id_number_fp=row.id_number_fp,
+        id_number_masked=row.id_number_masked,
+        phone_enc=row.phone_enc,
+        phone_masked=row.phone_masked,
+        verified_at=row.verified_at,
+        kyc_level=row.kyc_level,
+    )
+
+
+def _identity(row: ChannelIdentityRow) -> ChannelIdentity:
+    return ChannelIdentity(
+        channel=row.channel,
+        external_id=row.external_id,
+        user_id=row.user_id,
+        chat_id=row.chat_id,
+        reachable=row.reachable,
+    )
+
+
+class SqlAlchemyUserRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def _identity_row(self, channel: str, external_id: str) -> ChannelIdentityRow | None:
+        result = await self._session.execute(
+            select(ChannelIdentityRow).where(
+                ChannelIdentityRow.channel == channel,
+                ChannelIdentityRow.external_id == external_id,
+            )
+        )
+        return result.scalar_one_or_none()
+
+    async def for_channel(
+        self, channel: str, external_id: str, chat_id: str, language: str, at: datetime
+    ) -> tuple[User, ChannelIdentity]:
+        """The user behind a channel identity, created on first contact."""
+        identity = await self._identity_row(channel, external_id)
+        if identity is None:
+            try:
+                async with self._session.begin_nested():
+                    user = UserRow(created_at=_utc(at), language=language, kyc_level=0)
+                    self._session.add(user)
+                    await self._session.flush()
+                    identity = ChannelIdentityRow(
+                        channel=channel,
+                        external_id=external_id,
+                        user_id=user.id,
+                        chat_id=chat_id,
+                        reachable=True,
+                        created_at=_utc(at),
+                    )
+                    self._session.add(identity)
+                    await self._session.flush()
+                return _user(user), _identity(identity)
+            except SqlIntegrityError:
+                # Another process created this identity first (first contact, twice at once).
+                identity = await self._identity_row(channel, external_id)
+                if identity is None:
+                    raise
+        elif identity.chat_id != chat_id or not identity.reachable:
+            identity.chat_id = chat_id
+            identity.reachable = True
+            await self._session.flush()
+        user_row = await _get_row(self._session, UserRow, identity.user_id, "user")
+        return _user(user_row), _identity(identity)
+
+    async def get(self, user_id: int) -> User:
+        """A user by id; raises KeyError."""
+        return _user(await _get_row(self._session, UserRow, user_id, "user"))
+
+    async def update(self, user: User) -> None:
+        """Store changed fields of a user."""
+        row = await _get_row(self._session, UserRow, user.id, "user")
+        row.language = user.language
+        row.real_name = user.real_name
+        row.id_number_enc = user.id_number_enc
+        row.id_number_fp = user.id_number_fp
+        row.id_number_masked = user.id_number_masked
+        row.phone_enc = user.phone_enc
+        row.phone_masked = user.phone_masked
+        row.verified_at = _utc_or_none(user.verified_at)
+        row.kyc_level = user.kyc_level
+        await self._session.flush()
+
+    async def identities(self, user_id: int) -> Sequence[ChannelIdentity]:
+        """Every channel identity of a user, oldest first."""
+        result = await self._session.scalars(
+            select(ChannelIdentityRow)
+            .where(ChannelIdentityRow.user_id == user_id)
+            .order_by(ChannelIdentityRow.id)
+        )
+        return [_identity(row) for row in result]
+
+    async def find_by_id_number_fp(self, id_number_fp: str) -> Sequence[User]:
+        """Users who registered a resident ID with this fingerprint."""
+        result = await self._session.scalars(
+            select(UserRow).where(UserRow.id_number_fp == id_number_fp).order_by(UserRow.id)
+        )
+        return [_user(row) for row in result]
+
+
+def _consent(row: ConsentRow) -> Consent:
+    return Consent(
+        user_id=row.user_id,
+        kind=row.kind,
+        version=row.version,
+        given_at=row.given_at,
+        channel=row.channel,
+        id=row.id,
+    )
+
+
+class SqlAlchemyConsentRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def add(self, consent: Consent) -> Consent:
+        """Record a consent (append-only)."""
+        row = ConsentRow(
+            user_id=consent.user_id,
+            kind=consent.kind,
+            version=consent.version,
+            given_at=_utc(consent.given_at),
+            channel=consent.channel,
+        )
+        self._session.add(row)
+        await self._session.flush()
+        return _consent(row)
+
+    async def has(self, user_id: int, kind: str, version: str) -> bool:
+        """Whether the user gave this consent."""
+        found = await self._session.scalar(
+            select(ConsentRow.id)
+            .where(
+                ConsentRow.user_id == user_id,
+                ConsentRow.kind == kind,
+                ConsentRow.version == version,
+            )
+            .limit(1)
+        )
+        return found is not None
+
+
+# --------------------------------------------------------------------------------------------
+# Cards, quotes, orders
+
+
+def _card(row: CardRow) -> Card:
+    return Card(
+        user_id=row.user_id,
+        brand=row.brand,
+        number_enc=row.number_enc,
+        number_fp=row.number_fp,
+        number_masked=row.number_masked,
+        created_at=row.created_at,
+        secret_enc=row.secret_enc,
+        status=row.status,
+        face_value_fen=row.face_value_fen,
+        balance_fen=row.balance_fen,
+        expires=row.expires,
+        verified_at=row.verified_at,
+        id=row.id,
+    )
+
+
+def _card_values(card: Card) -> dict[str, Any]:
+    return {
+        "user_id": card.user_id,
+        "brand": card.brand,
+        "number_enc": card.number_enc,
+        "number_fp": card.number_fp,
+        "number_masked": card.number_masked,
+        "secret_enc": card.secret_enc,
+        "status": card.status,
+        "face_value_fen": card.face_value_fen,
+        "balance_fen": card.balance_fen,
+        "expires": card.expires,
+        "verified_at": _utc_or_none(card.verified_at),
+        "created_at": _utc(card.created_at),
+    }
+
+
+class SqlAlchemyCardRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def add(self, card: Card) -> Card:
+        """Insert a card; returns it with its id."""
+        row = CardRow(**_card_values(card))
+        self._session.add(row)
+        await self._session.flush()
+        return _card(row)
+
+    async def get(self, card_id: int) -> Card:
+        """A card by id; raises KeyError."""
+        return _card(await _get_row(self._session, CardRow, card_id, "card"))
+
+    async def update(self, card: Card) -> None:
+        """Store changed fields of a card."""
+        row = await _get_row(self._session, CardRow, _require_id(card.id, "card"), "card")
+        for name, value in _card_values(card).items():
+            setattr(row, name, value)
+        await self._session.flush()
+
+
+def _quote(row: QuoteRow) -> Quote:
+    return Quote(
+        user_id=row.user_id,
+        card_id=row.card_id,
+        brand=row.brand,
+        face_value_fen=row.face_value_fen,
+        balance_fen=row.balance_fen,
+        rate_bp=row.rate_bp,
+        gross_fen=row.gross_fen,
+        fee_fen=row.fee_fen,
+        payout_fen=row.payout_fen,
+        lines=tuple(
+            QuoteLine(key=line["key"], amount_fen=line["amount_fen"], rate_bp=line["rate_bp"])
+            for line in row.lines
+        ),
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        rates_version=row.rates_version,
+        id=row.id,
+    )
+
+
+class SqlAlchemyQuoteRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def add(self, quote: Quote) -> Quote:
+        """Insert a quote; returns it with its id."""
+        row = QuoteRow(
+            user_id=quote.user_id,
+            card_id=quote.card_id,
+            brand=quote.brand,
+            face_value_fen=quote.face_value_fen,
+            balance_fen=quote.balance_fen,
+            rate_bp=quote.rate_bp,
+            gross_fen=quote.gross_fen,
+            fee_fen=quote.fee_fen,
+            payout_fen=quote.payout_fen,
+            lines=[
+                {"key": line.key, "amount_fen": line.amount_fen, "rate_bp": line.rate_bp}
+                for line in quote.lines
+            ],
+            created_at=_utc(quote.created_at),
+            expires_at=_utc(quote.expires_at),
+            rates_version=quote.rates_version,
+        )
+        self._session.add(row)
+        await self._session.flush()
+        return _quote(row)
+
+    async def get(self, quote_id: int) -> Quote:
+        """A quote by id; raises KeyError."""
+        return _quote(await _get_row(self._session, QuoteRow, quote_id, "quote"))
+
+
+def _order(row: OrderRow) -> Order:
+    return Order(
+        user_id=row.user_id,
+        channel=row.channel,
+        card_id=row.card_id,
+        quote_id=row.quote_id,
+        brand=row.brand,
+        card_fp=row.card_fp,
+        card_masked=row.card_masked,
+        face_value_fen=row.face_value_fen,
+        balance_fen=row.balance_fen,
+        payout_fen=row.payout_fen,
+        fee_fen=row.fee_fen,
+        status=OrderStatus(row.status),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        risk_outcome=row.risk_outcome,
+        risk_reasons=tuple(row.risk_reasons),
+        risk_version=row.risk_version,
+        payout_account_id=row.payout_account_id,
+        settled_at=row.settled_at,
+        id=row.id,
+    )
+
+
+def _order_values(order: Order) -> dict[str, Any]:
+    return {
+        "user_id": order.user_id,
+        "channel": order.channel,
+        "card_id": order.card_id,
+        "quote_id": order.quote_id,
+        "brand": order.brand,
+        "card_fp": order.card_fp,
+        "card_masked": order.card_masked,
+        "face_value_fen": order.face_value_fen,
+        "balance_fen": order.balance_fen,
+        "payout_fen": order.payout_fen,
+        "fee_fen": order.fee_fen,
+        "status": order.status.value,
+        "risk_outcome": order.risk_outcome,
+        "risk_reasons": list(order.risk_reasons),
+        "risk_version": order.risk_version,
+        "payout_account_id": order.payout_account_id,
+        "created_at": _utc(order.created_at),
+        "updated_at": _utc(order.updated_at),
+        "settled_at": _utc_or_none(order.settled_at),
+    }
+
+
+class SqlAlchemyOrderRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def add(self, order: Order) -> Order:
+        """Insert an order; returns it with its id."""
+        row = OrderRow(**_order_values(order))
+        self._session.add(row)
+        await self._session.flush()
+        return _order(row)
+
+    async def get(self, order_id: int) -> Order:
+        """An order by id; raises KeyError."""
+        return _order(await _get_row(self._session, OrderRow, order_id, "order"))
+
+    async def update(self, order: Order) -> None:
+        """Store changed fields (status, risk, payout account, timestamps)."""
+        row = await _get_row(self._session, OrderRow, _require_id(order.id, "order"), "order")
+        for name, value in _order_values(order).items():
+            setattr(row, name, value)
+        await self._session.flush()
+
+    async def for_user(self, user_id: int, limit: int = 10) -> Sequence[Order]:
+        """A user's orders, newest first."""
+        result = await self._session.scalars(
+            select(OrderRow)
+            .where(OrderRow.user_id == user_id)
+            .order_by(OrderRow.created_at.desc(), OrderRow.id.desc())
+            .limit(limit)
+        )
+        return [_order(row) for row in result]
+
+    async def recent(self, limit: int = 50) -> Sequence[Order]:
+        """All orders, newest first."""
+        result = await self._session.scalars(
+            select(OrderRow).order_by(OrderRow.created_at.desc(), OrderRow.id.desc()).limit(limit)
+        )
+        return [_order(row) for row in result]
+
+    async def with_card_fp(self, card_fp: str, statuses: Sequence[OrderStatus]) -> Sequence[Order]:
+        """Orders for the same physical card in any of the given statuses, oldest first."""
+        if not statuses:
+            return []
+        result = await self._session.scalars(
+            select(OrderRow)
+            .where(
+                OrderRow.card_fp == card_fp,
+                OrderRow.status.in_([status.value for status in statuses]),
+            )
+            .order_by(OrderRow.id)
+        )
+        return [_order(row) for row in result]
+
+    async def payout_total(
+        self, user_id: int, since: datetime, until: datetime, statuses: Sequence[OrderStatus]
+    ) -> int:
+        """Sum of payout_fen of a user's orders created in [since, until) in those statuses."""
+        if not statuses:
+            return 0
+        total = await self._session.scalar(
+            select(func.coalesce(func.sum(OrderRow.payout_fen), 0)).where(
+                OrderRow.user_id == user_id,
+                OrderRow.created_at >= _utc(since),
+                OrderRow.created_at < _utc(until),
+                OrderRow.status.in_([status.value for status in statuses]),
+            )
+        )
+        return int(total or 0)
+
+
+# --------------------------------------------------------------------------------------------
+# Payouts
+
+
+def _payout_account(row: PayoutAccountRow) -> PayoutAccount:
+    return PayoutAccount(
+        user_id=row.user_id,
+        method=PayoutMethod(row.method),
+        account_enc=row.account_enc,
+        account_fp=row.account_fp,
+        account_masked=row.account_masked,
+        holder_name=row.holder_name,
+        created_at=row.created_at,
+        last_used_at=row.last_used_at,
+        id=row.id,
+    )
+
+
+def _payout_account_values(account: PayoutAccount) -> dict[str, Any]:
+    return {
+        "user_id": account.user_id,
+        "method": account.method.value,
+        "account_enc": account.account_enc,
+        "account_fp": account.account_fp,
+        "account_masked": account.account_masked,
+        "holder_name": account.holder_name,
+        "created_at": _utc(account.created_at),
+        "last_used_at": _utc_or_none(account.last_used_at),
+    }
+
+
+class SqlAlchemyPayoutAccountRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def add(self, account: PayoutAccount) -> PayoutAccount:
+        """Insert; returns it with its id. One row per (user, method, account fingerprint):
+        a duplicate (say, added at the same time by another process) is ConcurrentUpdate."""
+        row = PayoutAccountRow(**_payout_account_values(account))
+        try:
+            async with self._session.begin_nested():
+                self._session.add(row)
+                await self._session.flush()
+        except SqlIntegrityError as exc:
+            raise ConcurrentUpdate(
+                f"user {account.user_id} already has this {account.method.value} account"
+            ) from exc
+        return _payout_account(row)
+
+    async def get(self, account_id: int) -> PayoutAccount:
+        """By id; raises KeyError."""
+        return _payout_account(
+            await _get_row(self._session, PayoutAccountRow, account_id, "payout account")
+        )
+
+    async def update(self, account: PayoutAccount) -> None:
+        """Store last_used_at (and the ciphertext, which is written after the id is known)."""
+        row = await _get_row(
+            self._session,
+            PayoutAccountRow,
+            _require_id(account.id, "payout account"),
+            "payout account",
+        )
+        for name, value in _payout_account_values(account).items():
+            setattr(row, name, value)
+        await self._session.flush()
+
+    async def for_user(self, user_id: int) -> Sequence[PayoutAccount]:
+        """A user's payout accounts, most recently used (or, if never used, added) first."""
+        result = await self._session.scalars(
+            select(PayoutAccountRow)
+            .where(PayoutAccountRow.user_id == user_id)
+            .order_by(
+                func.coalesce(PayoutAccountRow.last_used_at, PayoutAccountRow.created_at).desc(),
+                PayoutAccountRow.id.desc(),
+            )
+        )
+        return [_payout_account(row) for row in result]
+
+    async def find(
+        self, user_id: int, method: PayoutMethod, account_fp: str
+    ) -> PayoutAccount | None:
+        """A user's existing account with this method and fingerprint."""
+        row = await self._session.scalar(
+            select(PayoutAccountRow).where(
+                PayoutAccountRow.user_id == user_id,
+                PayoutAccountRow.method == method.value,
+                PayoutAccountRow.account_fp == account_fp,
+            )
+        )
+        return None if row is None else _payout_account(row)
+
+
+def _payout(row: PayoutRow) -> Payout:
+    return Payout(
+        order_id=row.order_id,
+        reference=row.reference,
+        method=PayoutMethod(row.method),
+        payout_account_id=row.payout_account_id,
+        amount_fen=row.amount_fen,
+        state=PayoutState(row.state),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        attempts=row.attempts,
+        provider_txn_id=row.provider_txn_id,
+        failure_reason=row.failure_reason,
+        id=row.id,
+    )
+
+
+UNFINISHED_PAYOUT_STATES = (PayoutState.PENDING, PayoutState.UNKNOWN, PayoutState.PROCESSING)
+
+
+class SqlAlchemyPayoutRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def add(self, payout: Payout) -> Payout:
+        """Insert; raises ConcurrentUpdate when the reference exists or the order already has a
+        payout that has not failed."""
+        row = PayoutRow(
+            order_id=payout.order_id,
+            reference=payout.reference,
+            method=payout.method.value,
+            payout_account_id=payout.payout_account_id,
+            amount_fen=payout.amount_fen,
+            state=payout.state.value,
+            attempts=payout.attempts,
+            provider_txn_id=payout.provider_txn_id,
+            failure_reason=payout.failure_reason,
+            created_at=_utc(payout.created_at),
+            updated_at=_utc(payout.updated_at),
+        )
+        try:
+            async with self._session.begin_nested():
+                self._session.add(row)
+                await self._session.flush()
+        except SqlIntegrityError as exc:
+            raise ConcurrentUpdate(
+                f"payout {payout.reference} for order {payout.order_id} refused: the reference "
+                "exists or the order already has a payout"
+            ) from exc
+        return _payout(row)
+
+    async def for_order(self, order_id: int) -> Payout | None:
+        """The order's latest payout (earlier ones can only have failed)."""
+        row = await self._session.scalar(
+            select(PayoutRow)
+            .where(PayoutRow.order_id == order_id)
+            .order_by(PayoutRow.id.desc())
+            .limit(1)
+        )
+        return None if row is None else _payout(row)
+
+    async def update(self, payout: Payout) -> None:
+        """Store state, attempts, provider ids."""
+        row = await _get_row(self._session, PayoutRow, _require_id(payout.id, "payout"), "payout")
+        row.state = payout.state.value
+        row.attempts = payout.attempts
+        row.provider_txn_id = payout.provider_txn_id
+        row.failure_reason = payout.failure_reason
+        row.updated_at = _utc(payout.updated_at)
+        await self._session.flush()
+
+    async def unfinished(self) -> Sequence[Payout]:
+        """Payouts in PENDING, UNKNOWN or PROCESSING, oldest first."""
+        result = await self._session.scalars(
+            select(PayoutRow)
+            .where(PayoutRow.state.in_([state.value for state in UNFINISHED_PAYOUT_STATES]))
+            .order_by(PayoutRow.created_at, PayoutRow.id)
+        )
+        return [_payout(row) for row in result]
+
+
+# --------------------------------------------------------------------------------------------
+# Ledger and audit (append-only)
+
+
+class SqlAlchemyLedgerRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def post(self, txn: LedgerTransaction) -> LedgerTransaction:
+        """Append a balanced transaction; returns it with a new uuid id."""
+        if not txn.postings:
+            raise LedgerError(f"ledger transaction {txn.kind!r} has no postings")
+        total = sum(posting.amount_fen for posting in txn.postings)
+        if total != 0:
+            raise LedgerError(
+                f"ledger transaction {txn.kind!r} is unbalanced: postings sum to {total} fen"
+            )
+        txn_id = str(uuid.uuid4())
+        self._session.add(
+            LedgerTransactionRow(
+                id=txn_id, kind=txn.kind, order_id=txn.order_id, created_at=_utc(txn.created_at)
+            )
+        )
+        # Flush the transaction row first: its postings reference it by foreign key.
+        await self._session.flush()
+        self._session.add_all(
+            LedgerPostingRow(transaction_id=txn_id, account=p.account, amount_fen=p.amount_fen)
+            for p in txn.postings
+        )
+        await self._session.flush()
+        return replace(txn, id=txn_id, created_at=_utc(txn.created_at))
+
+    async def balance(self, account: str) -> int:
+        """Sum of an account's postings (debit positive)."""
+        total = await self._session.scalar(
+            select(func.coalesce(func.sum(LedgerPostingRow.amount_fen), 0)).where(
+                LedgerPostingRow.account == account
+            )
+        )
+        return int(total or 0)
+
+    async def transactions(self, order_id: int | None = None) -> Sequence[LedgerTransaction]:
+        """Transactions, oldest first, optionally for one order."""
+        query = select(LedgerTransactionRow).order_by(LedgerTransactionRow.seq)
+        if order_id is not None:
+            query = query.where(LedgerTransactionRow.order_id == order_id)
+        txns = list(await self._session.scalars(query))
+        if not txns:
+            return []
+        postings: dict[str, list[Posting]] = {txn.id: [] for txn in txns}
+        rows = await self._session.scalars(
+            select(LedgerPostingRow)
+            .where(LedgerPostingRow.transaction_id.in_(list(postings)))
+            .order_by(LedgerPostingRow.id)
+        )
+        for row in rows:
+            postings[row.transaction_id].append(Posting(row.account, row.amount_fen))
+        return [
+            LedgerTransaction(
+                kind=txn.kind,
+                postings=tuple(postings[txn.id]),
+                created_at=txn.created_at,
+                order_id=txn.order_id,
+                id=txn.id,
+            )
+            for txn in txns
+        ]
+
+
+def _audit_event(row: AuditEventRow) -> AuditEvent:
+    return AuditEvent(
+        at=row.at,
+        actor=row.actor,
+        action=row.action,
+        subject=row.subject,
+        details=dict(row.details),
+        prev_hash=row.prev_hash,
+        hash=row.hash,
+        seq=row.seq,
+    )
+
+
+class SqlAlchemyAuditRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def _lock(self) -> None:
+        # PostgreSQL: a transaction-scoped advisory lock serialises appenders across processes
+        # until commit/rollback. SQLite: the unit of work began with BEGIN IMMEDIATE, so this
+        # transaction already holds the database's only write lock.
+        if self._session.get_bind().dialect.name == "postgresql":
+            await self._session.execute(
+                select(func.pg_advisory_xact_lock(literal_column(str(AUDIT_LOCK_KEY))))
+            )
+
+    async def append(
+        self, at: datetime, actor: str, action: str, subject: str, details: dict[str, object]
+    ) -> AuditEvent:
+        """Append an event chained to the previous one (serialised across processes)."""
+        await self._lock()
+        at = _utc(at)
+        # Store details as the hash sees them (dates as ISO text, enums as values), so that a
+        # stored event always re-hashes to its stored hash.
+        stored_details: dict[str, Any] = json.loads(canonical_json(details))
+        last = await self._session.scalar(
+            select(AuditEventRow.hash).order_by(AuditEventRow.seq.desc()).limit(1)
+        )
+        prev_hash = last if last is not None else GENESIS_HASH
+        event_hash = chain_hash(prev_hash, at, actor, action, subject, stored_details)
+        row = AuditEventRow(
+            at=at,
+            actor=actor,
+            action=action,
+            subject=subject,
+            details=stored_details,
+            prev_hash=prev_hash,
+            hash=event_hash,
+        )
+        self._session.add(row)
+        await self._session.flush()
+        return _audit_event(row)
+
+    async def all(self) -> Sequence[AuditEvent]:
+        """Every event, in order."""
+        result = await self._session.scalars(select(AuditEventRow).order_by(AuditEventRow.seq))
+        return [_audit_event(row) for row in result]
+
+
+__all__ = [
+    "SqlAlchemyAuditRepository",
+    "SqlAlchemyCardRepository",
+    "SqlAlchemyConsentRepository",
+    "SqlAlchemyConversationRepository",
+    "SqlAlchemyInboxRepository",
+    "SqlAlchemyLedgerRepository",
+    "SqlAlchemyOrderRepository",
+    "SqlAlchemyPayoutAccountRepository",
+    "SqlAlchemyPayoutRepository",
+    "SqlAlchemyQuoteRepository",
+    "SqlAlchemyUserRepository",
+]

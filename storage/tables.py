@@ -1,0 +1,303 @@
+"""The database schema, as SQLAlchemy 2 declarative classes (``*Row``). Repositories map these
+rows to and from the frozen records of ``core.model``; nothing outside ``storage/`` sees them.
+
+Rules the schema keeps:
+
+- money is ``BigInteger`` fen; rates are integer basis points;
+- timestamps are timezone-aware and stored in UTC (``UtcDateTime``);
+- card numbers, card secrets, ID numbers, bank/payout accounts and phones exist only as
+  ciphertext (``*_enc``), keyed fingerprints (``*_fp``, indexed) and masks (``*_masked``);
+- the ledger and the audit log are append-only (repositories never update or delete them);
+- the migration in ``storage/migrations/versions`` mirrors this module (a test compares them).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# SQLite only auto-assigns INTEGER PRIMARY KEY (the rowid), not BIGINT.
+IdType = BigInteger().with_variant(Integer(), "sqlite")
+
+# Payouts in these states may be followed by a new payout for the same order.
+PAYOUT_CLOSED_STATE = "failed"
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timezone-aware timestamp stored in UTC. SQLite has no time zones, so the value is
+    stored as naive UTC there and comes back with ``tzinfo=UTC``; naive input is refused."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value!r}: timestamps must be timezone-aware")
+        value = value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {  # noqa: RUF012 - SQLAlchemy reads this class attribute as is
+        datetime: UtcDateTime(),
+        date: Date(),
+        bytes: LargeBinary(),
+        bool: Boolean(),
+        int: BigInteger(),
+        dict[str, Any]: JSON(),
+        list[Any]: JSON(),
+    }
+
+
+class UserRow(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    created_at: Mapped[datetime]
+    language: Mapped[str] = mapped_column(String(8))
+    real_name: Mapped[str | None] = mapped_column(String(64))
+    id_number_enc: Mapped[bytes | None]
+    id_number_fp: Mapped[str | None] = mapped_column(String(64), index=True)
+    id_number_masked: Mapped[str | None] = mapped_column(String(32))
+    phone_enc: Mapped[bytes | None]
+    phone_masked: Mapped[str | None] = mapped_column(String(32))
+    verified_at: Mapped[datetime | None]
+    kyc_level: Mapped[int] = mapped_column(Integer)
+
+
+class ChannelIdentityRow(Base):
+    __tablename__ = "channel_identities"
+    __table_args__ = (UniqueConstraint("channel", "external_id"),)
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    external_id: Mapped[str] = mapped_column(String(128))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    chat_id: Mapped[str] = mapped_column(String(128))
+    reachable: Mapped[bool]
+    created_at: Mapped[datetime]
+
+
+class ConsentRow(Base):
+    __tablename__ = "consents"
+    __table_args__ = (Index("ix_consents_user_id_kind_version", "user_id", "kind", "version"),)
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    kind: Mapped[str] = mapped_column(String(32))
+    version: Mapped[str] = mapped_column(String(32))
+    given_at: Mapped[datetime]
+    channel: Mapped[str] = mapped_column(String(16))
+
+
+class CardRow(Base):
+    __tablename__ = "cards"
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    brand: Mapped[str] = mapped_column(String(32))
+    number_enc: Mapped[bytes]
+    number_fp: Mapped[str] = mapped_column(String(64), index=True)
+    number_masked: Mapped[str] = mapped_column(String(40))
+    secret_enc: Mapped[bytes | None]
+    status: Mapped[str | None] = mapped_column(String(16))
+    face_value_fen: Mapped[int | None]
+    balance_fen: Mapped[int | None]
+    expires: Mapped[date | None]
+    verified_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+
+
+class QuoteRow(Base):
+    __tablename__ = "quotes"
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    card_id: Mapped[int] = mapped_column(ForeignKey("cards.id"), index=True)
+    brand: Mapped[str] = mapped_column(String(32))
+    face_value_fen: Mapped[int]
+    balance_fen: Mapped[int]
+    rate_bp: Mapped[int] = mapped_column(Integer)
+    gross_fen: Mapped[int]
+    fee_fen: Mapped[int]
+    payout_fen: Mapped[int]
+    lines: Mapped[list[Any]]
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    rates_version: Mapped[str] = mapped_column(String(64))
+
+
+class OrderRow(Base):
+    __tablename__ = "orders"
+    __table_args__ = (Index("ix_orders_user_id_created_at", "user_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    channel: Mapped[str] = mapped_column(String(16))
+    card_id: Mapped[int] = mapped_column(ForeignKey("cards.id"), index=True)
+    quote_id: Mapped[int] = mapped_column(ForeignKey("quotes.id"), index=True)
+    brand: Mapped[str] = mapped_column(String(32))
+    card_fp: Mapped[str] = mapped_column(String(64), index=True)
+    card_masked: Mapped[str] = mapped_column(String(40))
+    face_value_fen: Mapped[int]
+    balance_fen: Mapped[int]
+    payout_fen: Mapped[int]
+    fee_fen: Mapped[int]
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    risk_outcome: Mapped[str | None] = mapped_column(String(16))
+    risk_reasons: Mapped[list[Any]]
+    risk_version: Mapped[str | None] = mapped_column(String(64))
+    payout_account_id: Mapped[int | None] = mapped_column(
+        ForeignKey("payout_accounts.id"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(index=True)
+    updated_at: Mapped[datetime]
+    settled_at: Mapped[datetime | None]
+
+
+class PayoutAccountRow(Base):
+    __tablename__ = "payout_accounts"
+    __table_args__ = (UniqueConstraint("user_id", "method", "account_fp"),)
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    method: Mapped[str] = mapped_column(String(16))
+    account_enc: Mapped[bytes]
+    account_fp: Mapped[str] = mapped_column(String(64), index=True)
+    account_masked: Mapped[str] = mapped_column(String(64))
+    holder_name: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    last_used_at: Mapped[datetime | None]
+
+
+class PayoutRow(Base):
+    __tablename__ = "payouts"
+    __table_args__ = (
+        # At most one live payout per order: a new one only after a provider-confirmed failure.
+        Index(
+            "uq_payouts_order_id_open",
+            "order_id",
+            unique=True,
+            sqlite_where=text(f"state <> '{PAYOUT_CLOSED_STATE}'"),
+            postgresql_where=text(f"state <> '{PAYOUT_CLOSED_STATE}'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"), index=True)
+    reference: Mapped[str] = mapped_column(String(64), unique=True)
+    method: Mapped[str] = mapped_column(String(16))
+    payout_account_id: Mapped[int] = mapped_column(ForeignKey("payout_accounts.id"), index=True)
+    amount_fen: Mapped[int]
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    attempts: Mapped[int] = mapped_column(Integer)
+    provider_txn_id: Mapped[str | None] = mapped_column(String(128))
+    failure_reason: Mapped[str | None] = mapped_column(String(256))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class LedgerTransactionRow(Base):
+    """Append-only. ``seq`` orders transactions; ``id`` is the uuid the domain sees."""
+
+    __tablename__ = "ledger_transactions"
+
+    seq: Mapped[int] = mapped_column(IdType, primary_key=True)
+    id: Mapped[str] = mapped_column(String(36), unique=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    order_id: Mapped[int | None] = mapped_column(ForeignKey("orders.id"), index=True)
+    created_at: Mapped[datetime]
+
+
+class LedgerPostingRow(Base):
+    """Append-only. Positive = debit, negative = credit; a transaction's postings sum to 0."""
+
+    __tablename__ = "ledger_postings"
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    transaction_id: Mapped[str] = mapped_column(ForeignKey("ledger_transactions.id"), index=True)
+    account: Mapped[str] = mapped_column(String(64), index=True)
+    amount_fen: Mapped[int]
+
+
+class AuditEventRow(Base):
+    """Append-only and hash-chained: each row's ``prev_hash`` is the previous row's ``hash``
+    (unique, so two writers can never fork the chain)."""
+
+    __tablename__ = "audit_events"
+
+    seq: Mapped[int] = mapped_column(IdType, primary_key=True)
+    at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str] = mapped_column(String(128))
+    details: Mapped[dict[str, Any]]
+    prev_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class ConversationRow(Base):
+    __tablename__ = "conversations"
+    __table_args__ = (UniqueConstraint("channel", "user_key"),)
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    user_key: Mapped[str] = mapped_column(String(128))
+    step: Mapped[str] = mapped_column(String(64))
+    data: Mapped[dict[str, Any]]
+    version: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime]
+
+
+class ProcessedInboundRow(Base):
+    """Inbound message ids already acted on (dedupe of redeliveries)."""
+
+    __tablename__ = "processed_inbound"
+    __table_args__ = (UniqueConstraint("channel", "external_id"),)
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    external_id: Mapped[str] = mapped_column(String(128))
+    processed_at: Mapped[datetime] = mapped_column(index=True)
+
+
+metadata = Base.metadata

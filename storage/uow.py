@@ -1,0 +1,100 @@
+"""The SQLAlchemy unit of work: one session, one transaction, every repository on it."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Self
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from core.ports import (
+    AuditRepository,
+    CardRepository,
+    ConsentRepository,
+    ConversationRepository,
+    InboxRepository,
+    LedgerRepository,
+    OrderRepository,
+    PayoutAccountRepository,
+    PayoutRepository,
+    QuoteRepository,
+    UserRepository,
+)
+from storage.repositories import (
+    SqlAlchemyAuditRepository,
+    SqlAlchemyCardRepository,
+    SqlAlchemyConsentRepository,
+    SqlAlchemyConversationRepository,
+    SqlAlchemyInboxRepository,
+    SqlAlchemyLedgerRepository,
+    SqlAlchemyOrderRepository,
+    SqlAlchemyPayoutAccountRepository,
+    SqlAlchemyPayoutRepository,
+    SqlAlchemyQuoteRepository,
+    SqlAlchemyUserRepository,
+)
+
+
+class SqlAlchemyUnitOfWork:
+    """``async with uow: ...; await uow.commit()`` — leaving the block without commit rolls
+    back. Each ``async with`` opens a fresh session; the repositories live only inside it."""
+
+    inbox: InboxRepository
+    conversations: ConversationRepository
+    users: UserRepository
+    consents: ConsentRepository
+    cards: CardRepository
+    quotes: QuoteRepository
+    orders: OrderRepository
+    payout_accounts: PayoutAccountRepository
+    payouts: PayoutRepository
+    ledger: LedgerRepository
+    audit: AuditRepository
+
+    def __init__(self, session_factory: async_sessionmaker[AsyncSession]) -> None:
+        self._session_factory = session_factory
+        self._session: AsyncSession | None = None
+
+    async def __aenter__(self) -> Self:
+        if self._session is not None:
+            raise RuntimeError("this unit of work is already open")
+        session = self._session = self._session_factory()
+        self.inbox = SqlAlchemyInboxRepository(session)
+        self.conversations = SqlAlchemyConversationRepository(session)
+        self.users = SqlAlchemyUserRepository(session)
+        self.consents = SqlAlchemyConsentRepository(session)
+        self.cards = SqlAlchemyCardRepository(session)
+        self.quotes = SqlAlchemyQuoteRepository(session)
+        self.orders = SqlAlchemyOrderRepository(session)
+        self.payout_accounts = SqlAlchemyPayoutAccountRepository(session)
+        self.payouts = SqlAlchemyPayoutRepository(session)
+        self.ledger = SqlAlchemyLedgerRepository(session)
+        self.audit = SqlAlchemyAuditRepository(session)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Roll back whatever was not committed and return the connection to the pool."""
+        session, self._session = self._session, None
+        if session is not None:
+            # close() rolls back an open transaction before releasing the connection.
+            await session.close()
+
+    @property
+    def session(self) -> AsyncSession:
+        """The open session (for adapters that need a query no repository offers)."""
+        if self._session is None:
+            raise RuntimeError("the unit of work is not open: use `async with uow:`")
+        return self._session
+
+    async def commit(self) -> None:
+        """Make the work durable."""
+        await self.session.commit()
+
+    async def rollback(self) -> None:
+        """Discard the work since the last commit."""
+        await self.session.rollback()

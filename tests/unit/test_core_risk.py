@@ -1,0 +1,161 @@
+"""Risk rules and the Asia/Shanghai day."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from core.model import RiskOutcome
+from core.risk import (
+    RiskDecision,
+    RiskFacts,
+    RiskPolicy,
+    assess,
+    shanghai_date,
+    shanghai_day_bounds,
+)
+
+POLICY = RiskPolicy()
+
+
+def facts(**changes: int) -> RiskFacts:
+    values = {
+        "user_id": 7,
+        "payout_fen": 45_900,
+        "same_card_orders": 0,
+        "same_card_other_users": 0,
+        "day_total_fen": 0,
+    }
+    values.update(changes)
+    return RiskFacts(card_fp="fp", **values)
+
+
+def test_an_ordinary_order_is_approved_with_no_reasons() -> None:
+    assert assess(facts(), POLICY) == RiskDecision(RiskOutcome.APPROVE, (), POLICY.version)
+
+
+def test_the_daily_review_threshold_is_50000_yuan() -> None:
+    assert POLICY.daily_review_fen == 5_000_000
+
+
+def test_a_card_already_in_another_order_is_rejected_as_same_card() -> None:
+    decision = assess(facts(same_card_orders=1), POLICY)
+    assert decision.outcome is RiskOutcome.REJECT and decision.reasons == ("risk.same_card",)
+
+
+def test_a_card_sold_by_another_person_is_rejected_as_same_card() -> None:
+    decision = assess(facts(same_card_orders=1, same_card_other_users=1), POLICY)
+    assert decision.outcome is RiskOutcome.REJECT and decision.reasons == ("risk.same_card",)
+
+
+def test_49999_99_yuan_in_a_day_is_approved() -> None:
+    assert assess(facts(payout_fen=4_999_999), POLICY).outcome is RiskOutcome.APPROVE
+    decision = assess(facts(day_total_fen=4_000_000, payout_fen=999_999), POLICY)
+    assert decision.outcome is RiskOutcome.APPROVE
+
+
+def test_50000_00_yuan_in_a_day_goes_to_review() -> None:
+    decision = assess(facts(payout_fen=5_000_000), POLICY)
+    assert decision == RiskDecision(RiskOutcome.REVIEW, ("risk.daily_amount",), POLICY.version)
+    decision = assess(facts(day_total_fen=4_000_000, payout_fen=1_000_000), POLICY)
+    assert decision.outcome is RiskOutcome.REVIEW
+
+
+def test_what_was_already_sold_today_counts_towards_the_threshold() -> None:
+    assert (
+        assess(facts(day_total_fen=4_999_999, payout_fen=1), POLICY).outcome is RiskOutcome.REVIEW
+    )
+    assert (
+        assess(facts(day_total_fen=4_999_998, payout_fen=1), POLICY).outcome is RiskOutcome.APPROVE
+    )
+
+
+def test_when_several_rules_fire_the_worst_outcome_wins_and_every_reason_is_listed() -> None:
+    decision = assess(facts(same_card_orders=2, payout_fen=6_000_000), POLICY)
+    assert decision.outcome is RiskOutcome.REJECT
+    assert decision.reasons == ("risk.same_card", "risk.daily_amount")
+
+
+def test_every_decision_carries_the_policy_version() -> None:
+    policy = RiskPolicy(daily_review_fen=100, version="risk-test-9")
+    assert assess(facts(payout_fen=100), policy).version == "risk-test-9"
+
+
+@given(st.integers(0, 10**9), st.integers(1, 10**9), st.integers(0, 3), st.integers(0, 3))
+def test_the_outcome_follows_the_rules_for_any_facts(
+    day_total: int, payout: int, same_card: int, others: int
+) -> None:
+    decision = assess(
+        facts(
+            day_total_fen=day_total,
+            payout_fen=payout,
+            same_card_orders=same_card,
+            same_card_other_users=others,
+        ),
+        POLICY,
+    )
+    if same_card or others:
+        assert decision.outcome is RiskOutcome.REJECT
+    elif day_total + payout >= POLICY.daily_review_fen:
+        assert decision.outcome is RiskOutcome.REVIEW
+    else:
+        assert decision.outcome is RiskOutcome.APPROVE and decision.reasons == ()
+
+
+# --------------------------------------------------------------------------------------------
+# The Asia/Shanghai day
+
+
+def utc(
+    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0
+) -> datetime:
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
+
+
+def test_the_shanghai_day_starts_at_16_00_utc_the_day_before() -> None:
+    assert shanghai_day_bounds(utc(2026, 11, 22, 6, 0)) == (
+        utc(2026, 11, 21, 16, 0),
+        utc(2026, 11, 22, 16, 0),
+    )
+
+
+def test_one_second_before_shanghai_midnight_is_still_the_same_day() -> None:
+    start, end = shanghai_day_bounds(utc(2026, 11, 22, 15, 59, 59))
+    assert (start, end) == (utc(2026, 11, 21, 16, 0), utc(2026, 11, 22, 16, 0))
+    assert shanghai_date(utc(2026, 11, 22, 15, 59, 59)).isoformat() == "2026-11-22"
+
+
+def test_shanghai_midnight_starts_a_new_day() -> None:
+    start, end = shanghai_day_bounds(utc(2026, 11, 22, 16, 0))
+    assert (start, end) == (utc(2026, 11, 22, 16, 0), utc(2026, 11, 23, 16, 0))
+    assert shanghai_date(utc(2026, 11, 22, 16, 0)).isoformat() == "2026-11-23"
+
+
+def test_orders_either_side_of_utc_midnight_fall_in_one_shanghai_day() -> None:
+    before = shanghai_day_bounds(utc(2026, 11, 22, 23, 30))
+    after = shanghai_day_bounds(utc(2026, 11, 23, 0, 30))
+    assert before == after == (utc(2026, 11, 22, 16, 0), utc(2026, 11, 23, 16, 0))
+
+
+def test_bounds_are_utc_whatever_zone_now_is_given_in() -> None:
+    beijing = timezone(timedelta(hours=8))
+    start, end = shanghai_day_bounds(datetime(2026, 11, 23, 0, 30, tzinfo=beijing))
+    assert start.utcoffset() == timedelta(0) and end.utcoffset() == timedelta(0)
+    assert start == utc(2026, 11, 22, 16, 0)
+
+
+def test_a_naive_datetime_is_refused() -> None:
+    with pytest.raises(ValueError):
+        shanghai_day_bounds(datetime(2026, 11, 22, 6, 0))
+
+
+@given(st.datetimes(min_value=datetime(1995, 1, 1), max_value=datetime(2100, 1, 1)))
+def test_now_always_lies_in_a_24_hour_day_starting_at_shanghai_midnight(naive: datetime) -> None:
+    now = naive.replace(tzinfo=UTC)
+    start, end = shanghai_day_bounds(now)
+    assert start <= now < end
+    assert end - start == timedelta(hours=24)
+    assert (start.hour, start.minute, start.second, start.microsecond) == (16, 0, 0, 0)

@@ -1,0 +1,99 @@
+"""Why a photo could not be read: cheap exposure, focus and content measures (NumPy only).
+
+The hints are codes from the ``CardReading`` contract; the conversation layer turns them into
+advice ("too dark", "hold still", "move closer"). Thresholds were set on the barcode photo set in
+``shared/data/barcodes``: every measure is taken at one fixed analysis size, so they do not
+depend on the sender's camera resolution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+from PIL import Image
+
+from vision.imaging import fit
+
+DARK: Final = "dark"
+BRIGHT: Final = "bright"
+BLURRED: Final = "blurred"
+TOO_SMALL: Final = "too_small"
+NO_CARD: Final = "no_card"
+
+ANALYSIS_SIDE: Final = 640
+MIN_SHORT_SIDE: Final = 200  # below this a card's bars are at most a pixel or two wide
+DARK_MEAN: Final = 55.0
+BRIGHT_MEAN: Final = 205.0
+# Glare washes the bars out: much of the frame clipped to white and no real blacks left.
+GLARE_CLIPPED_FRACTION: Final = 0.25
+GLARE_DARKEST: Final = 60.0
+FLAT_STD: Final = 8.0  # a wall, a sleeve, a lens cap: no structure at all
+# Laplacian spread relative to luminance spread: contrast-independent edge sharpness. Readable
+# photos sit above ~0.16 (5th percentile); out-of-focus ones that zbar cannot read fall below 0.2.
+BLUR_SHARPNESS: Final = 0.2
+EDGE_STEP: Final = 40.0  # a luminance step this large between neighbours counts as an edge
+MIN_EDGE_FRACTION: Final = 0.005
+
+
+@dataclass(frozen=True)
+class PhotoMeasures:
+    """Exposure, focus and content figures of one photo at the analysis size."""
+
+    mean: float
+    darkest: float  # 5th percentile of luminance
+    clipped_fraction: float
+    std: float
+    sharpness: float
+    edge_fraction: float
+
+
+def measure(gray: Image.Image) -> PhotoMeasures:
+    """Exposure, focus and edge figures of a grayscale photo, at the fixed analysis size."""
+    pixels = np.asarray(fit(gray, ANALYSIS_SIDE), dtype=np.float32)
+    std = float(pixels.std())
+    if min(pixels.shape) < 3:
+        return PhotoMeasures(float(pixels.mean()), float(pixels.min()), 0.0, std, 0.0, 0.0)
+    laplacian = (
+        4 * pixels[1:-1, 1:-1]
+        - pixels[:-2, 1:-1]
+        - pixels[2:, 1:-1]
+        - pixels[1:-1, :-2]
+        - pixels[1:-1, 2:]
+    )
+    step = np.abs(np.diff(pixels, axis=1))[:-1, :] + np.abs(np.diff(pixels, axis=0))[:, :-1]
+    return PhotoMeasures(
+        mean=float(pixels.mean()),
+        darkest=float(np.percentile(pixels, 5)),
+        clipped_fraction=float((pixels >= 250).mean()),
+        std=std,
+        sharpness=float(laplacian.std()) / (std + 1.0),
+        edge_fraction=float((step > EDGE_STEP).mean()),
+    )
+
+
+def photo_hints(gray: Image.Image, original_size: tuple[int, int]) -> tuple[str, ...]:
+    """What is wrong with a photo nothing could be read from, most actionable first."""
+    found = measure(gray)
+    hints: list[str] = []
+    if min(original_size) < MIN_SHORT_SIDE:
+        hints.append(TOO_SMALL)
+    exposure_bad = True
+    if found.mean < DARK_MEAN:
+        hints.append(DARK)
+    elif found.mean > BRIGHT_MEAN or (
+        found.clipped_fraction > GLARE_CLIPPED_FRACTION and found.darkest > GLARE_DARKEST
+    ):
+        hints.append(BRIGHT)
+    else:
+        exposure_bad = False
+    if found.std < FLAT_STD:
+        # Nothing in frame; under bad exposure that is the exposure's fault, so say only that.
+        if not exposure_bad:
+            hints.append(NO_CARD)
+    elif found.sharpness < BLUR_SHARPNESS:
+        hints.append(BLURRED)
+    elif found.edge_fraction < MIN_EDGE_FRACTION and not exposure_bad:
+        hints.append(NO_CARD)
+    return tuple(hints)
