@@ -27,7 +27,7 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
-from vision import PyzbarCardReader  # noqa: E402
+from vision import DEFAULT_BUDGET_MS, PyzbarCardReader  # noqa: E402
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp"})
 
@@ -84,9 +84,8 @@ def images_under(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def run(root: Path) -> tuple[Tally, dict[str, Tally]]:
+def run(root: Path, reader: PyzbarCardReader) -> tuple[Tally, dict[str, Tally]]:
     """Read every image under root; the overall tally and one per symbology folder."""
-    reader = PyzbarCardReader()
     overall = Tally()
     groups: dict[str, Tally] = defaultdict(Tally)
     for image in images_under(root):
@@ -126,10 +125,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("dir", type=Path, help="folder of images with sibling NAME.txt files")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--budget-ms",
+        type=float,
+        default=DEFAULT_BUDGET_MS,
+        help=f"time budget per photo (default {DEFAULT_BUDGET_MS:g})",
+    )
     args = parser.parse_args(argv)
     if not args.dir.is_dir():
         parser.error(f"not a folder: {args.dir}")
-    overall, groups = run(args.dir)
+    overall, groups = run(args.dir, PyzbarCardReader(budget_ms=args.budget_ms))
     if args.json:
         report = {
             **overall.summary(),

@@ -12,7 +12,7 @@ from typing import Final
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image, ImageFilter, ImageOps
+from PIL import Image, ImageFilter, ImageOps, ImageStat
 
 # A JPEG is decoded straight to a reduced size (DCT scaling), so a big phone photo costs little
 # memory; any other format is decoded whole first, hence its lower ceiling. Beyond these a file
@@ -132,9 +132,9 @@ def equalize(image: Image.Image) -> Image.Image:
     return ImageOps.equalize(image)
 
 
-def sharpen(image: Image.Image) -> Image.Image:
-    """Unsharp mask sized for bar edges a few pixels wide (mild defocus, motion)."""
-    return image.filter(ImageFilter.UnsharpMask(radius=2, percent=200, threshold=0))
+def sharpen(image: Image.Image, radius: float = 2, percent: int = 200) -> Image.Image:
+    """Unsharp mask: steepens bar edges softened by defocus or motion."""
+    return image.filter(ImageFilter.UnsharpMask(radius=radius, percent=percent, threshold=0))
 
 
 def otsu_threshold(image: Image.Image) -> Image.Image:
@@ -157,8 +157,9 @@ def otsu_level(histogram: NDArray[np.float64]) -> int:
     mean_dark = np.divide(
         mass_dark, weight_dark, out=np.zeros_like(mass_dark), where=weight_dark > 0
     )
+    mass_light = mass_dark[-1] - mass_dark
     mean_light = np.divide(
-        mass_dark[-1] - mass_dark, weight_light, out=np.zeros_like(mass_dark), where=weight_light > 0
+        mass_light, weight_light, out=np.zeros_like(mass_light), where=weight_light > 0
     )
     between = weight_dark * weight_light * (mean_dark - mean_light) ** 2
     return int(np.argmax(between))
@@ -175,5 +176,5 @@ def local_threshold(image: Image.Image, offset: int = 8) -> Image.Image:
 
 def rotate(image: Image.Image, degrees: float) -> Image.Image:
     """Rotate counter-clockwise, growing the canvas and filling with the median grey."""
-    fill = int(np.median(np.asarray(image)))
+    fill = int(ImageStat.Stat(image).median[0])
     return image.rotate(degrees, resample=Image.Resampling.BILINEAR, expand=True, fillcolor=fill)

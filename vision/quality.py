@@ -30,10 +30,13 @@ BRIGHT_MEAN: Final = 205.0
 GLARE_CLIPPED_FRACTION: Final = 0.25
 GLARE_DARKEST: Final = 60.0
 FLAT_STD: Final = 8.0  # a wall, a sleeve, a lens cap: no structure at all
+# Few crisp edges in a picture with real contrast means the edges are there but smeared
+# (defocus); few edges and little contrast means a plain surface: no card in frame.
+LOW_CONTRAST_STD: Final = 20.0
 # Laplacian spread relative to luminance spread: contrast-independent edge sharpness. Readable
 # photos sit above ~0.16 (5th percentile); out-of-focus ones that zbar cannot read fall below 0.2.
 BLUR_SHARPNESS: Final = 0.2
-EDGE_STEP: Final = 40.0  # a luminance step this large between neighbours counts as an edge
+EDGE_STEP: Final = 40.0  # a Laplacian this strong is a real luminance step, not sensor noise
 MIN_EDGE_FRACTION: Final = 0.005
 
 
@@ -51,10 +54,17 @@ class PhotoMeasures:
 
 def measure(gray: Image.Image) -> PhotoMeasures:
     """Exposure, focus and edge figures of a grayscale photo, at the fixed analysis size."""
-    pixels = np.asarray(fit(gray, ANALYSIS_SIDE), dtype=np.float32)
-    std = float(pixels.std())
+    small = fit(gray, ANALYSIS_SIDE)
+    histogram = np.asarray(small.histogram(), dtype=np.float64)
+    count = histogram.sum()
+    levels = np.arange(256, dtype=np.float64)
+    mean = float((histogram * levels).sum() / count)
+    std = float(np.sqrt((histogram * (levels - mean) ** 2).sum() / count))
+    darkest = float(np.searchsorted(np.cumsum(histogram), 0.05 * count))
+    clipped = float(histogram[250:].sum() / count)
+    pixels = np.asarray(small, dtype=np.float32)
     if min(pixels.shape) < 3:
-        return PhotoMeasures(float(pixels.mean()), float(pixels.min()), 0.0, std, 0.0, 0.0)
+        return PhotoMeasures(mean, darkest, clipped, std, 0.0, 0.0)
     laplacian = (
         4 * pixels[1:-1, 1:-1]
         - pixels[:-2, 1:-1]
@@ -62,14 +72,13 @@ def measure(gray: Image.Image) -> PhotoMeasures:
         - pixels[1:-1, :-2]
         - pixels[1:-1, 2:]
     )
-    step = np.abs(np.diff(pixels, axis=1))[:-1, :] + np.abs(np.diff(pixels, axis=0))[:, :-1]
     return PhotoMeasures(
-        mean=float(pixels.mean()),
-        darkest=float(np.percentile(pixels, 5)),
-        clipped_fraction=float((pixels >= 250).mean()),
+        mean=mean,
+        darkest=darkest,
+        clipped_fraction=clipped,
         std=std,
         sharpness=float(laplacian.std()) / (std + 1.0),
-        edge_fraction=float((step > EDGE_STEP).mean()),
+        edge_fraction=float(np.count_nonzero(np.abs(laplacian) > EDGE_STEP)) / laplacian.size,
     )
 
 
@@ -94,6 +103,9 @@ def photo_hints(gray: Image.Image, original_size: tuple[int, int]) -> tuple[str,
             hints.append(NO_CARD)
     elif found.sharpness < BLUR_SHARPNESS:
         hints.append(BLURRED)
-    elif found.edge_fraction < MIN_EDGE_FRACTION and not exposure_bad:
-        hints.append(NO_CARD)
+    elif found.edge_fraction < MIN_EDGE_FRACTION:
+        if found.std >= LOW_CONTRAST_STD:
+            hints.append(BLURRED)
+        elif not exposure_bad:
+            hints.append(NO_CARD)
     return tuple(hints)

@@ -103,9 +103,8 @@ def plausible(symbology: str, text: str) -> bool:
         return check_digit_valid(symbology, text)
     if symbology == I25:
         # ITF encodes digit pairs; short runs are what a partial scan of other bars yields.
-        return (
-            text.isascii() and text.isdigit() and len(text) % 2 == 0 and len(text) >= _I25_MIN_LENGTH
-        )
+        digits = text.isascii() and text.isdigit()
+        return digits and len(text) % 2 == 0 and len(text) >= _I25_MIN_LENGTH
     if symbology == CODE39:
         return all(ch in _CODE39_ALPHABET for ch in text)
     if symbology == CODE128:

@@ -178,6 +178,7 @@ async def test_the_same_message_delivered_twice_has_one_effect(harness: Harness)
     second = await harness.send(accept)
     assert second == []
     assert await harness.step() == "await_consent"
+    harness.last = first  # what the user has on screen
 
     await play(harness, SCRIPT[5:11])
     confirm = replace(accept, message_id="redelivered-2", option="pay.confirm")
