@@ -15,10 +15,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bot.app import build_app  # noqa: E402
-from bot.console import ConsoleChannel  # noqa: E402
-from bot.settings import Settings  # noqa: E402
-from core.catalog import default_catalog, luhn_check_digit  # noqa: E402
+from bot.app import build_app
+from bot.console import ConsoleChannel
+from bot.settings import Settings
+from core.catalog import default_catalog, luhn_check_digit
 
 BRAND, PREFIX = "walmart", "23260817"
 
@@ -29,8 +29,9 @@ def make_cards(path: Path, n: int) -> list[tuple[str, str]]:
     cards = []
     with path.open("w", encoding="utf-8", newline="") as handle:
         out = csv.writer(handle)
-        out.writerow(["brand", "number", "secret", "face_value_fen", "balance_fen", "expires",
-                      "status"])
+        out.writerow(
+            ["brand", "number", "secret", "face_value_fen", "balance_fen", "expires", "status"]
+        )
         for i in range(n):
             body = f"{PREFIX}{i:07d}"
             number = body + luhn_check_digit(body)
@@ -43,15 +44,18 @@ def make_cards(path: Path, n: int) -> list[tuple[str, str]]:
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def run(sales: int) -> dict[str, float]:
     workdir = Path(tempfile.mkdtemp(prefix="cardbot-bench-"))
     cards = make_cards(workdir / "cards.csv", sales)
     settings = Settings(
-        var_dir=workdir, database_url=f"sqlite+aiosqlite:///{workdir / 'cardbot.db'}",
-        data_key=None, data_key_file=workdir / "data.key", sandbox_cards=workdir / "cards.csv",
+        var_dir=workdir,
+        database_url=f"sqlite+aiosqlite:///{workdir / 'cardbot.db'}",
+        data_key=None,
+        data_key_file=workdir / "data.key",
+        sandbox_cards=workdir / "cards.csv",
     )
     app = await build_app(settings)
     per_message: list[float] = []
@@ -59,12 +63,24 @@ async def run(sales: int) -> dict[str, float]:
     started = time.perf_counter()
     try:
         for i, (number, secret) in enumerate(cards):
-            channel = ConsoleChannel(app.conversation, user_id=f"bench-{i % 20}",
-                                     write=lambda _: None)
+            channel = ConsoleChannel(
+                app.conversation, user_id=f"bench-{i % 20}", write=lambda _: None
+            )
             first_sale = i < 20
             script = ["/sell", number, secret, "1"]
-            script += ["1", "张伟", "11010519491231002X", "13800138000", "1",
-                       f"seller{i % 20}@example.com", "1"] if first_sale else ["1", "1"]
+            script += (
+                [
+                    "1",
+                    "张伟",
+                    "11010519491231002X",
+                    "13800138000",
+                    "1",
+                    f"seller{i % 20}@example.com",
+                    "1",
+                ]
+                if first_sale
+                else ["1", "1"]
+            )
             sale_start = time.perf_counter()
             for line in script:
                 t0 = time.perf_counter()
@@ -73,8 +89,9 @@ async def run(sales: int) -> dict[str, float]:
             per_sale.append((time.perf_counter() - sale_start) * 1000)
         elapsed = time.perf_counter() - started
         async with app.uow_factory() as uow:
-            settled = sum(1 for o in await uow.orders.recent(limit=sales * 2)
-                          if o.status.value == "settled")
+            settled = sum(
+                1 for o in await uow.orders.recent(limit=sales * 2) if o.status.value == "settled"
+            )
     finally:
         await app.close()
     return {

@@ -10,8 +10,8 @@ from bot.sandbox.issuer import SandboxCardIssuer
 from bot.sandbox.payouts import SandboxPayoutGateway
 from bot.settings import Settings
 from core.catalog import default_catalog
-from core.pricing import default_pricing
 from core.ports import CardIssuer, CardReader, Clock, PayoutGateway
+from core.pricing import default_pricing
 from core.risk import RiskPolicy
 from core.sale import SaleDeps
 from handlers.engine import Conversation, Services
@@ -73,7 +73,8 @@ async def build_app(
         settings.sandbox_cards, settings.sandbox_dir / "issuer.sqlite3", catalog, clock
     )
     gateway = gateway or SandboxPayoutGateway(
-        settings.sandbox_dir / "payouts.sqlite3", clock,
+        settings.sandbox_dir / "payouts.sqlite3",
+        clock,
         late_seconds=settings.sandbox_payout_late_seconds,
     )
     uow_factory = SqlAlchemyUnitOfWorkFactory.from_url(url)

@@ -120,13 +120,13 @@ async def _orders(settings: Settings, as_json: bool, limit: int) -> int:
     if as_json:
         print(json.dumps(records, ensure_ascii=False))
         return 0
-    if not records:
+    if not rows:
         print("no orders")
-    for r in records:
+    for o in rows:
         print(
-            f"{r['number']}  {r['status']:<13} {r['brand']:<11} {r['card']:<22} "
-            f"face {yuan(int(r['face_value_fen'])):>10}  payout {yuan(int(r['payout_fen'])):>10}  "
-            f"{r['channel']}  {r['created_at'][:16]}"
+            f"{o.number}  {o.status.value:<13} {o.brand:<11} {o.card_masked:<22} "
+            f"face {yuan(o.face_value_fen):>10}  payout {yuan(o.payout_fen):>10}  "
+            f"{o.channel}  {o.created_at.isoformat()[:16]}"
         )
     return 0
 

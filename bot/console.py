@@ -48,7 +48,7 @@ class ConsoleChannel:
         stripped = line.strip()
         for prefix, field in (("/photo", "image"), ("/file", "document")):
             if stripped == prefix or stripped.startswith(prefix + " "):
-                path = Path(stripped[len(prefix):].strip()).expanduser()
+                path = Path(stripped[len(prefix) :].strip()).expanduser()
                 try:
                     payload = path.read_bytes()
                 except OSError as exc:

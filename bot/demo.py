@@ -4,6 +4,7 @@ receipt — on a fresh database of its own, so it can be run any number of times
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import tempfile
 from dataclasses import dataclass
@@ -48,13 +49,14 @@ def pick_demo_card(cards_csv: Path) -> DemoCard:
                 and date.fromisoformat(row["expires"]) > soon
                 and catalog.get(row["brand"]).has_secret
             ):
-                return DemoCard(row["brand"], row["number"], row["secret"],
-                                int(row["face_value_fen"]))
+                return DemoCard(
+                    row["brand"], row["number"], row["secret"], int(row["face_value_fen"])
+                )
     raise SystemExit(f"no suitable demo card in {cards_csv}")
 
 
-async def run_demo(lang: str = "zh", keep_dir: str | None = None) -> int:
-    """Play the sale; exit status 0 only when the order ends settled with a receipt."""
+def prepare_demo(lang: str, keep_dir: str | None) -> tuple[Settings, Path]:
+    """A fresh working folder with settings of its own and the photo of a sample card."""
     workdir = Path(keep_dir or tempfile.mkdtemp(prefix="cardbot-demo-")).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     settings = Settings(
@@ -67,14 +69,26 @@ async def run_demo(lang: str = "zh", keep_dir: str | None = None) -> int:
     card = pick_demo_card(settings.sandbox_cards)
     brand = default_catalog().get(card.brand)
     photo = workdir / "card-photo.jpg"
-    photo.write_bytes(render_card_photo(brand.name(lang), card.number, f"¥{yuan(card.face_value_fen)}"))
+    face = f"¥{yuan(card.face_value_fen)}"
+    photo.write_bytes(render_card_photo(brand.name(lang), card.number, face))
+    return settings, photo
 
+
+async def run_demo(lang: str = "zh", keep_dir: str | None = None) -> int:
+    """Play the sale; exit status 0 only when the order ends settled with a receipt."""
+    settings, photo = await asyncio.to_thread(prepare_demo, lang, keep_dir)
+    workdir = settings.var_dir
+    card = pick_demo_card(settings.sandbox_cards)
     app = await build_app(settings)
     last: list[Reply] = []
 
     def bot_says(text: str) -> None:
-        print("\n".join(f"  🤖 {line}" if n == 0 else f"     {line}"
-                        for n, line in enumerate(text.splitlines())))
+        print(
+            "\n".join(
+                f"  🤖 {line}" if n == 0 else f"     {line}"
+                for n, line in enumerate(text.splitlines())
+            )
+        )
 
     channel = ConsoleChannel(app.conversation, user_id="demo-user", lang=lang, write=bot_says)
 
@@ -89,8 +103,10 @@ async def run_demo(lang: str = "zh", keep_dir: str | None = None) -> int:
                 number = ids.index(option_id) + 1
                 await say(str(number), f"{number}  ({reply.options[number - 1].label})")
                 return
-        raise SystemExit(f"demo: the bot did not offer {option_id!r}; last replies: "
-                         + " | ".join(render_reply(r) for r in last))
+        raise SystemExit(
+            f"demo: the bot did not offer {option_id!r}; last replies: "
+            + " | ".join(render_reply(r) for r in last)
+        )
 
     print(f"=== cardbot demo — {workdir} ===")
     try:
@@ -115,6 +131,8 @@ async def run_demo(lang: str = "zh", keep_dir: str | None = None) -> int:
         print(f"=== demo FAILED: order status {status} ===")
         return 1
     order = orders[0]
-    print(f"=== demo done: order {order.number} settled, ¥{yuan(order.payout_fen)} paid "
-          f"(database and log in {workdir}) ===")
+    print(
+        f"=== demo done: order {order.number} settled, ¥{yuan(order.payout_fen)} paid "
+        f"(database and log in {workdir}) ==="
+    )
     return 0

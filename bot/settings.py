@@ -42,8 +42,10 @@ class Settings(BaseSettings):
         "sandbox", validation_alias=AliasChoices("CARDBOT_PAYOUT_GATEWAY", "payout_gateway")
     )
     sandbox_payout_late_seconds: float = Field(
-        30.0, validation_alias=AliasChoices("CARDBOT_SANDBOX_PAYOUT_LATE_SECONDS",
-                                            "sandbox_payout_late_seconds")
+        30.0,
+        validation_alias=AliasChoices(
+            "CARDBOT_SANDBOX_PAYOUT_LATE_SECONDS", "sandbox_payout_late_seconds"
+        ),
     )
     staff: str = Field("", validation_alias=AliasChoices("CARDBOT_STAFF", "staff"))
     admins: str = Field("", validation_alias=AliasChoices("CARDBOT_ADMINS", "admins"))

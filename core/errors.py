@@ -1,23 +1,23 @@
 """The error tree of cardbot. Each user-facing error carries a message-catalog key.
 
-    CardbotError
-    ├── UserError                      bad input or a refusal the user can act on (key → message)
-    │   ├── CardNotRecognised          number matches no brand / fails its check digit
-    │   ├── CardNotFound               the issuer has no such card
-    │   ├── WrongSecret                secret does not match
-    │   ├── CardUnusable               used / frozen / expired / empty (reason in .key)
-    │   ├── InvalidIdentity            name, resident ID or phone rejected
-    │   ├── InvalidPayoutAccount       payout account malformed
-    │   └── QuoteExpired               a locked quote ran out before it was accepted
-    ├── ExternalError                  a port failed in a way that is not the user's fault
-    │   ├── IssuerUnavailable
-    │   └── PayoutOutcomeUnknown       timeout / 5xx / unknown code: query, never re-send anew
-    ├── IntegrityError                 an invariant would break (unbalanced ledger, negative balance,
-    │                                  illegal state transition, concurrent update)
-    │   ├── LedgerError
-    │   ├── IllegalTransition
-    │   └── ConcurrentUpdate
-    └── DecryptionError                ciphertext does not open under any key / wrong row binding
+CardbotError
+├── UserError                      bad input or a refusal the user can act on (key → message)
+│   ├── CardNotRecognised          number matches no brand / fails its check digit
+│   ├── CardNotFound               the issuer has no such card
+│   ├── WrongSecret                secret does not match
+│   ├── CardUnusable               used / frozen / expired / empty (reason in .key)
+│   ├── InvalidIdentity            name, resident ID or phone rejected
+│   ├── InvalidPayoutAccount       payout account malformed
+│   └── QuoteExpired               a locked quote ran out before it was accepted
+├── ExternalError                  a port failed in a way that is not the user's fault
+│   ├── IssuerUnavailable
+│   └── PayoutOutcomeUnknown       timeout / 5xx / unknown code: query, never re-send anew
+├── IntegrityError                 an invariant would break (unbalanced ledger, negative balance,
+│                                  illegal state transition, concurrent update)
+│   ├── LedgerError
+│   ├── IllegalTransition
+│   └── ConcurrentUpdate
+└── DecryptionError                ciphertext does not open under any key / wrong row binding
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""Ports: everything outside the business, as Protocols. Adapters live in vision/, storage/, bot/."""
+"""Ports: everything outside the business, as Protocols.
+
+Adapters live in vision/, storage/ and bot/; test doubles in tests/fakes.py."""
 
 from __future__ import annotations
 
@@ -285,7 +287,9 @@ class PayoutAccountRepository(Protocol):
         """A user's payout accounts, most recently used first."""
         ...
 
-    async def find(self, user_id: int, method: PayoutMethod, account_fp: str) -> PayoutAccount | None:
+    async def find(
+        self, user_id: int, method: PayoutMethod, account_fp: str
+    ) -> PayoutAccount | None:
         """A user's existing account with this method and fingerprint."""
         ...
 

@@ -143,7 +143,10 @@ async def capture_card(uow: UnitOfWork, deps: SaleDeps, user: User, text: str) -
     card = replace(card, number_enc=deps.vault.encrypt(number, card_context(card.id, "number")))
     await uow.cards.update(card)
     await uow.audit.append(
-        now, f"user:{user.id}", "card.captured", f"card:{card.id}",
+        now,
+        f"user:{user.id}",
+        "card.captured",
+        f"card:{card.id}",
         {"brand": brand.code, "card": card.number_masked},
     )
     return card
@@ -171,7 +174,7 @@ def _card_plaintext(deps: SaleDeps, card: Card) -> tuple[str, str | None]:
 
 
 async def verify_card(uow: UnitOfWork, deps: SaleDeps, card: Card) -> Card:
-    """Ask the issuer about the card; a used, frozen, expired or empty card is refused precisely."""
+    """Ask the issuer about a card; a used, frozen, expired or empty one is refused precisely."""
     number, secret = _card_plaintext(deps, card)
     verification = await deps.issuer.verify(card.brand, number, secret)
     now = deps.clock.now()
@@ -250,7 +253,10 @@ async def quote_for(
         )
     )
     await uow.audit.append(
-        now, f"user:{user.id}", "quote.issued", f"order:{order.id}",
+        now,
+        f"user:{user.id}",
+        "quote.issued",
+        f"order:{order.id}",
         {
             "quote": quote.id,
             "rate_bp": quote.rate_bp,
@@ -273,7 +279,10 @@ async def accept_quote(uow: UnitOfWork, deps: SaleDeps, order: Order) -> Order:
     order = transition(order, OrderStatus.ACCEPTED, now)
     await uow.orders.update(order)
     await uow.audit.append(
-        now, f"user:{order.user_id}", "order.accepted", f"order:{order.id}",
+        now,
+        f"user:{order.user_id}",
+        "order.accepted",
+        f"order:{order.id}",
         {"quote": quote.id, "payout_fen": order.payout_fen},
     )
     return order
@@ -292,7 +301,9 @@ async def cancel_order(uow: UnitOfWork, deps: SaleDeps, order: Order, actor: str
 # Identity and payout accounts
 
 
-async def record_identity_consent(uow: UnitOfWork, deps: SaleDeps, user: User, channel: str) -> None:
+async def record_identity_consent(
+    uow: UnitOfWork, deps: SaleDeps, user: User, channel: str
+) -> None:
     """Record the separate consent to process identity data (PIPL art. 29), before asking."""
     now = deps.clock.now()
     await uow.consents.add(
@@ -305,7 +316,10 @@ async def record_identity_consent(uow: UnitOfWork, deps: SaleDeps, user: User, c
         )
     )
     await uow.audit.append(
-        now, f"user:{user.id}", "consent.given", f"user:{user.id}",
+        now,
+        f"user:{user.id}",
+        "consent.given",
+        f"user:{user.id}",
         {"kind": IDENTITY_CONSENT, "version": IDENTITY_CONSENT_VERSION, "channel": channel},
     )
 
@@ -353,7 +367,10 @@ async def verify_identity(
     )
     await uow.users.update(user)
     await uow.audit.append(
-        now, ctx, "identity.verified", ctx,
+        now,
+        ctx,
+        "identity.verified",
+        ctx,
         {"level": 1, "id": user.id_number_masked, "phone": user.phone_masked},
     )
     return user
@@ -400,7 +417,10 @@ async def add_payout_account(
     row = replace(row, account_enc=deps.vault.encrypt(account, account_context(row.id)))
     await uow.payout_accounts.update(row)
     await uow.audit.append(
-        now, f"user:{user.id}", "payout_account.added", f"payout_account:{row.id}",
+        now,
+        f"user:{user.id}",
+        "payout_account.added",
+        f"payout_account:{row.id}",
         {"method": method.value, "account": row.account_masked},
     )
     return row
@@ -446,9 +466,16 @@ async def submit_order(
     await uow.orders.update(order)
     await uow.payout_accounts.update(replace(account, last_used_at=now))
     await uow.audit.append(
-        now, "risk", "risk.assessed", f"order:{order.id}",
-        {"outcome": decision.outcome.value, "reasons": list(decision.reasons),
-         "version": decision.version, "payout_fen": order.payout_fen},
+        now,
+        "risk",
+        "risk.assessed",
+        f"order:{order.id}",
+        {
+            "outcome": decision.outcome.value,
+            "reasons": list(decision.reasons),
+            "version": decision.version,
+            "payout_fen": order.payout_fen,
+        },
     )
     return order, decision
 
@@ -463,7 +490,9 @@ def payout_reference(order_id: int, attempt: int) -> str:
     return f"CBP{order_id:010d}N{attempt:02d}"
 
 
-async def _redeem_and_reserve(uow_factory: UnitOfWorkFactory, deps: SaleDeps, order_id: int) -> None:
+async def _redeem_and_reserve(
+    uow_factory: UnitOfWorkFactory, deps: SaleDeps, order_id: int
+) -> None:
     """APPROVED → REDEEMED → PAYING: take the card's balance at the issuer, post the purchase,
     store the payout with its reference and reserve the money, in one transaction."""
     async with uow_factory() as uow:
@@ -482,7 +511,10 @@ async def _redeem_and_reserve(uow_factory: UnitOfWorkFactory, deps: SaleDeps, or
         )
         order = transition(order, OrderStatus.REDEEMED, now)
         await uow.audit.append(
-            now, "settlement", "card.redeemed", f"order:{order_id}",
+            now,
+            "settlement",
+            "card.redeemed",
+            f"order:{order_id}",
             {"card": order.card_masked, "balance_fen": order.balance_fen},
         )
         order = await _start_payout(uow, deps, order, attempt=1)
@@ -514,9 +546,16 @@ async def _start_payout(uow: UnitOfWork, deps: SaleDeps, order: Order, attempt: 
     order = transition(order, OrderStatus.PAYING, now)
     await uow.orders.update(order)
     await uow.audit.append(
-        now, "settlement", "payout.requested", f"order:{order.id}",
-        {"reference": payout.reference, "method": account.method.value,
-         "account": account.account_masked, "amount_fen": payout.amount_fen},
+        now,
+        "settlement",
+        "payout.requested",
+        f"order:{order.id}",
+        {
+            "reference": payout.reference,
+            "method": account.method.value,
+            "account": account.account_masked,
+            "amount_fen": payout.amount_fen,
+        },
     )
     return order
 
@@ -532,7 +571,9 @@ async def _send_payout(uow_factory: UnitOfWorkFactory, deps: SaleDeps, order_id:
         request = PayoutRequest(
             reference=payout.reference,
             method=payout.method,
-            account=deps.vault.decrypt(account.account_enc, account_context(payout.payout_account_id)),
+            account=deps.vault.decrypt(
+                account.account_enc, account_context(payout.payout_account_id)
+            ),
             holder_name=account.holder_name,
             amount_fen=payout.amount_fen,
         )
@@ -576,9 +617,15 @@ async def _record_payout_outcome(
             )
             await uow.orders.update(transition(order, OrderStatus.SETTLED, now))
             await uow.audit.append(
-                now, "settlement", "payout.succeeded", f"order:{order_id}",
-                {"reference": payout.reference, "provider_txn_id": payout.provider_txn_id,
-                 "amount_fen": payout.amount_fen},
+                now,
+                "settlement",
+                "payout.succeeded",
+                f"order:{order_id}",
+                {
+                    "reference": payout.reference,
+                    "provider_txn_id": payout.provider_txn_id,
+                    "amount_fen": payout.amount_fen,
+                },
             )
         elif state is PayoutState.FAILED:
             await uow.ledger.post(
@@ -586,7 +633,10 @@ async def _record_payout_outcome(
             )
             await uow.orders.update(transition(order, OrderStatus.PAYOUT_FAILED, now))
             await uow.audit.append(
-                now, "settlement", "payout.failed", f"order:{order_id}",
+                now,
+                "settlement",
+                "payout.failed",
+                f"order:{order_id}",
                 {"reference": payout.reference, "reason": payout.failure_reason},
             )
         await uow.commit()
@@ -623,8 +673,11 @@ async def resume_unfinished(uow_factory: UnitOfWorkFactory, deps: SaleDeps) -> l
     """Finish what a crash or an unsure provider left: approved orders not yet redeemed, and
     payouts pending, unknown or processing. Returns orders whose status changed."""
     async with uow_factory() as uow:
-        approved = [o for o in await uow.orders.recent(limit=1000) if o.status in (
-            OrderStatus.APPROVED, OrderStatus.PAYING)]
+        approved = [
+            o
+            for o in await uow.orders.recent(limit=1000)
+            if o.status in (OrderStatus.APPROVED, OrderStatus.PAYING)
+        ]
         before = {o.id: o.status for o in approved}
     changed: list[Order] = []
     for order in approved:
@@ -647,7 +700,8 @@ async def receipt_for(uow: UnitOfWork, order_id: int) -> Receipt:
         raise ValueError(f"order {order_id} is not settled")
     account = await uow.payout_accounts.get(payout.payout_account_id)
     events = [
-        e for e in await uow.audit.all()
+        e
+        for e in await uow.audit.all()
         if e.subject == f"order:{order_id}" and e.action == "payout.succeeded"
     ]
     return Receipt(
@@ -676,7 +730,8 @@ def brand_of(deps: SaleDeps, order: Order) -> Brand:
 async def open_orders(uow: UnitOfWork, user: User) -> Sequence[Order]:
     """A user's orders that still await the user (quoted or accepted)."""
     return [
-        o for o in await uow.orders.for_user(user.id, limit=20)
+        o
+        for o in await uow.orders.for_user(user.id, limit=20)
         if o.status in (OrderStatus.QUOTED, OrderStatus.ACCEPTED)
     ]
 

@@ -31,12 +31,26 @@ START = "start"
 
 # Words people type instead of commands, in both languages.
 KEYWORD_COMMANDS = {
-    "取消": "cancel", "cancel": "cancel", "退出": "cancel",
-    "帮助": "help", "help": "help", "?": "help", "？": "help",
-    "菜单": "start", "menu": "start", "开始": "start", "start": "start",
-    "卖卡": "sell", "sell": "sell", "回收": "sell",
-    "价格": "prices", "报价": "prices", "prices": "prices",
-    "订单": "orders", "我的订单": "orders", "orders": "orders",
+    "取消": "cancel",
+    "cancel": "cancel",
+    "退出": "cancel",
+    "帮助": "help",
+    "help": "help",
+    "?": "help",
+    "？": "help",
+    "菜单": "start",
+    "menu": "start",
+    "开始": "start",
+    "start": "start",
+    "卖卡": "sell",
+    "sell": "sell",
+    "回收": "sell",
+    "价格": "prices",
+    "报价": "prices",
+    "prices": "prices",
+    "订单": "orders",
+    "我的订单": "orders",
+    "orders": "orders",
 }
 _OPTION_NUMBER = re.compile(r"^\s*(\d{1,2})\s*[.)、。]?\s*$")
 
@@ -121,7 +135,9 @@ class Conversation:
             # Only ids and the exception type: payloads may hold secrets.
             log.error(
                 "inbound %s/%s failed: %s",
-                inbound.channel, inbound.message_id, type(exc).__name__,
+                inbound.channel,
+                inbound.message_id,
+                type(exc).__name__,
                 exc_info=not isinstance(exc, ConcurrentUpdate),
             )
             t = Translator(resolve_language(inbound.language))
@@ -184,8 +200,10 @@ class Conversation:
             if command is None:
                 return Step(
                     ctx.step,
-                    (Reply(ctx.t("error.unknown_command", command=inbound.command)),
-                     *await self.reprompt(ctx)),
+                    (
+                        Reply(ctx.t("error.unknown_command", command=inbound.command)),
+                        *await self.reprompt(ctx),
+                    ),
                 )
             return await command(ctx)
         if kind is InputKind.OPTION and inbound.option not in self.current_options(ctx):
@@ -246,7 +264,11 @@ class Conversation:
         version = int(ctx.data.get("_version", 0))
         await ctx.uow.conversations.save(
             ConversationState(
-                ctx.inbound.channel, ctx.inbound.user_id, step.to, data, version,
+                ctx.inbound.channel,
+                ctx.inbound.user_id,
+                step.to,
+                data,
+                version,
                 self.services.sale.clock.now(),
             )
         )
@@ -278,8 +300,12 @@ class Conversation:
             if options is not None:
                 data["_options"] = [o.id for o in options]
             await uow.conversations.save(
-                replace(state, step=outcome.to or state.step, data=data,
-                        updated_at=self.services.sale.clock.now())
+                replace(
+                    state,
+                    step=outcome.to or state.step,
+                    data=data,
+                    updated_at=self.services.sale.clock.now(),
+                )
             )
             await uow.commit()
         return outcome.replies

@@ -21,16 +21,22 @@ async def finish_unfinished(services: Services, notifier: Notifier) -> int:
     for order in changed:
         async with services.uow_factory() as uow:
             user = await uow.users.get(order.user_id)
-            identities = [i for i in await uow.users.identities(order.user_id)
-                          if i.channel == order.channel and i.reachable]
+            identities = [
+                i
+                for i in await uow.users.identities(order.user_id)
+                if i.channel == order.channel and i.reachable
+            ]
         if not identities:
             log.warning("order %s changed but its user has no reachable identity", order.id)
             continue
         identity = identities[0]
         t = Translator(user.language)
         outcome = await settlement_outcome(services, t, order)
-        header = t("pay.notify_settled" if order.status.value == "settled" else "pay.in_progress",
-                   order=order.number, status=t(f"status.{order.status.value}"))
+        header = t(
+            "pay.notify_settled" if order.status.value == "settled" else "pay.in_progress",
+            order=order.number,
+            status=t(f"status.{order.status.value}"),
+        )
         for reply in (replace(outcome.replies[0], text=header), *outcome.replies[1:]):
             await notifier.notify(identity.channel, identity.external_id, reply)
         async with services.uow_factory() as uow:

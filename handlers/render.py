@@ -82,11 +82,17 @@ def prices_text(t: Translator, catalog: Catalog, pricing: PricingPolicy) -> str:
             band = t("prices.band_above", low=yuan(row.above_fen or 0))
         else:
             band = t("prices.band_upto", high=yuan(row.up_to_fen))
-        rows.append(t("prices.row", brand=row.brand.name(t.lang), band=band,
-                      rate=percent(row.rate_bp)))
+        rows.append(
+            t("prices.row", brand=row.brand.name(t.lang), band=band, rate=percent(row.rate_bp))
+        )
     rows.append(
-        t("prices.footer", fee=yuan(pricing.fee_fen), minutes=pricing.lock_minutes,
-          expiry_days=pricing.expiry_window_days, expiry=percent(pricing.expiry_adjust_bp))
+        t(
+            "prices.footer",
+            fee=yuan(pricing.fee_fen),
+            minutes=pricing.lock_minutes,
+            expiry_days=pricing.expiry_window_days,
+            expiry=percent(pricing.expiry_adjust_bp),
+        )
     )
     return "\n".join(rows)
 

@@ -18,10 +18,10 @@ from core.errors import (
     QuoteExpired,
     WrongSecret,
 )
+from core.masking import mask_account, mask_card_number
 from core.messages import InputKind, Option, Reply
 from core.model import Card, Order, OrderStatus, PayoutMethod
 from core.money import yuan
-from core.masking import mask_account, mask_card_number
 from core.ports import CardReading
 from handlers import render
 from handlers.engine import START, AfterCommit, Ctx, Flow, Step, StepHandler
@@ -72,21 +72,42 @@ async def prompt_card_choice(ctx: Ctx) -> tuple[Reply, ...]:
 
 async def prompt_secret(ctx: Ctx) -> tuple[Reply, ...]:
     card = await ctx.uow.cards.get(int(ctx.data["card_id"]))
-    return (Reply(ctx.t("sell.ask_secret", card=card.number_masked,
-                        brand=render.brand_name(ctx.deps.catalog, card.brand, ctx.lang))),)
+    return (
+        Reply(
+            ctx.t(
+                "sell.ask_secret",
+                card=card.number_masked,
+                brand=render.brand_name(ctx.deps.catalog, card.brand, ctx.lang),
+            )
+        ),
+    )
 
 
 async def prompt_quote(ctx: Ctx) -> tuple[Reply, ...]:
     order = await ctx.uow.orders.get(int(ctx.data["order_id"]))
     quote = await ctx.uow.quotes.get(order.quote_id)
     text = render.quote_text(ctx.t, ctx.deps.catalog, quote, order.card_masked)
-    return (Reply(text, (Option("quote.accept", ctx.t("quote.accept")),
-                         Option("quote.decline", ctx.t("quote.decline")))),)
+    return (
+        Reply(
+            text,
+            (
+                Option("quote.accept", ctx.t("quote.accept")),
+                Option("quote.decline", ctx.t("quote.decline")),
+            ),
+        ),
+    )
 
 
 async def prompt_consent(ctx: Ctx) -> tuple[Reply, ...]:
-    return (Reply(ctx.t("identity.consent"), (Option("consent.yes", ctx.t("consent.yes")),
-                                              Option("consent.no", ctx.t("consent.no")))),)
+    return (
+        Reply(
+            ctx.t("identity.consent"),
+            (
+                Option("consent.yes", ctx.t("consent.yes")),
+                Option("consent.no", ctx.t("consent.no")),
+            ),
+        ),
+    )
 
 
 async def prompt_name(ctx: Ctx) -> tuple[Reply, ...]:
@@ -104,11 +125,16 @@ async def prompt_phone(ctx: Ctx) -> tuple[Reply, ...]:
 async def prompt_method(ctx: Ctx) -> tuple[Reply, ...]:
     options: list[Option] = []
     for account in list(await ctx.uow.payout_accounts.for_user(ctx.user.id))[:3]:
-        options.append(Option(
-            f"account.{account.id}",
-            ctx.t("payout.use_saved", method=ctx.t(f"method.{account.method.value}"),
-                  account=account.account_masked),
-        ))
+        options.append(
+            Option(
+                f"account.{account.id}",
+                ctx.t(
+                    "payout.use_saved",
+                    method=ctx.t(f"method.{account.method.value}"),
+                    account=account.account_masked,
+                ),
+            )
+        )
     options += [Option(f"method.{m.value}", ctx.t(f"method.{m.value}")) for m in PayoutMethod]
     return (Reply(ctx.t("payout.ask_method"), tuple(options)),)
 
@@ -119,9 +145,15 @@ async def prompt_account(ctx: Ctx) -> tuple[Reply, ...]:
 
 
 async def prompt_bank_confirm(ctx: Ctx) -> tuple[Reply, ...]:
-    return (Reply(ctx.t("payout.luhn_warning", account=ctx.data.get("pending_masked", "")),
-                  (Option("bank.keep", ctx.t("payout.luhn_keep")),
-                   Option("bank.retype", ctx.t("payout.luhn_retype")))),)
+    return (
+        Reply(
+            ctx.t("payout.luhn_warning", account=ctx.data.get("pending_masked", "")),
+            (
+                Option("bank.keep", ctx.t("payout.luhn_keep")),
+                Option("bank.retype", ctx.t("payout.luhn_retype")),
+            ),
+        ),
+    )
 
 
 async def prompt_payout_confirm(ctx: Ctx) -> tuple[Reply, ...]:
@@ -135,9 +167,16 @@ async def prompt_payout_confirm(ctx: Ctx) -> tuple[Reply, ...]:
         holder=account.holder_name,
         order=order.number,
     )
-    return (Reply(text, (Option("pay.confirm", ctx.t("pay.confirm")),
-                         Option("pay.change", ctx.t("pay.change")),
-                         Option("pay.cancel", ctx.t("pay.cancel")))),)
+    return (
+        Reply(
+            text,
+            (
+                Option("pay.confirm", ctx.t("pay.confirm")),
+                Option("pay.change", ctx.t("pay.change")),
+                Option("pay.cancel", ctx.t("pay.cancel")),
+            ),
+        ),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,8 +243,12 @@ def _clear_sale(ctx: Ctx) -> None:
 
 async def on_menu(ctx: Ctx) -> Step:
     choice = ctx.inbound.option
-    command = {"menu.sell": cmd_sell, "menu.prices": cmd_prices,
-               "menu.orders": cmd_orders, "menu.help": cmd_help}[str(choice)]
+    command = {
+        "menu.sell": cmd_sell,
+        "menu.prices": cmd_prices,
+        "menu.orders": cmd_orders,
+        "menu.help": cmd_help,
+    }[str(choice)]
     return await command(ctx)
 
 
@@ -281,8 +324,13 @@ async def _after_capture(ctx: Ctx, card: Card, from_photo: bool = False) -> Step
     ctx.data["card_id"] = card.id
     ctx.data["secret_attempts"] = 0
     brand = ctx.deps.catalog.get(card.brand)
-    seen = Reply(ctx.t("sell.card_read" if from_photo else "sell.card_typed",
-                       brand=brand.name(ctx.lang), card=card.number_masked))
+    seen = Reply(
+        ctx.t(
+            "sell.card_read" if from_photo else "sell.card_typed",
+            brand=brand.name(ctx.lang),
+            card=card.number_masked,
+        )
+    )
     if brand.has_secret:
         return Step(AWAIT_SECRET, (seen, *await prompt_secret(ctx)))
     step = await _verify_and_quote(ctx, card)
@@ -307,15 +355,20 @@ async def _verify_and_quote(ctx: Ctx, card: Card) -> Step:
         ctx.data["secret_attempts"] = attempts
         if attempts >= MAX_SECRET_ATTEMPTS:
             _clear_sale(ctx)
-            return Step(AWAIT_CARD, (Reply(ctx.t("error.wrong_secret_final")),
-                                     *await prompt_card(ctx)))
-        return Step(AWAIT_SECRET, (
-            Reply(ctx.t(wrong.key, left=MAX_SECRET_ATTEMPTS - attempts, **wrong.params)),))
+            return Step(
+                AWAIT_CARD, (Reply(ctx.t("error.wrong_secret_final")), *await prompt_card(ctx))
+            )
+        return Step(
+            AWAIT_SECRET,
+            (Reply(ctx.t(wrong.key, left=MAX_SECRET_ATTEMPTS - attempts, **wrong.params)),),
+        )
     except (CardUnusable, CardNotFound) as refusal:
         _clear_sale(ctx)
-        return Step(AWAIT_CARD, (Reply(ctx.t(refusal.key, **refusal.params)),
-                                 Reply(ctx.t("sell.ask_another_card"))))
-    quote, order = await sale.quote_for(ctx.uow, ctx.deps, ctx.user, card, ctx.inbound.channel)
+        return Step(
+            AWAIT_CARD,
+            (Reply(ctx.t(refusal.key, **refusal.params)), Reply(ctx.t("sell.ask_another_card"))),
+        )
+    _, order = await sale.quote_for(ctx.uow, ctx.deps, ctx.user, card, ctx.inbound.channel)
     ctx.data["order_id"] = order.id
     return Step(AWAIT_QUOTE, await prompt_quote(ctx))
 
@@ -348,7 +401,9 @@ async def _after_accept(ctx: Ctx) -> Step:
     if ctx.user.is_verified:
         return Step(AWAIT_METHOD, (accepted, *await prompt_method(ctx)))
     if await sale.has_identity_consent(ctx.uow, ctx.user):
-        return Step(AWAIT_NAME, (accepted, Reply(ctx.t("identity.intro")), *await prompt_name(ctx)))
+        return Step(
+            AWAIT_NAME, (accepted, Reply(ctx.t("identity.intro")), *await prompt_name(ctx))
+        )
     return Step(AWAIT_CONSENT, (accepted, *await prompt_consent(ctx)))
 
 
@@ -374,8 +429,10 @@ async def on_name(ctx: Ctx) -> Step:
 async def on_id_number(ctx: Ctx) -> Step:
     number = sale.check_id_number(ctx.deps, ctx.inbound.text or "")
     ctx.data["id_enc"] = _seal(ctx, number)
-    return Step(AWAIT_PHONE, (Reply(ctx.t("identity.id_ok"), delete_inbound=True),
-                              *await prompt_phone(ctx)))
+    return Step(
+        AWAIT_PHONE,
+        (Reply(ctx.t("identity.id_ok"), delete_inbound=True), *await prompt_phone(ctx)),
+    )
 
 
 async def on_phone(ctx: Ctx) -> Step:
@@ -389,8 +446,14 @@ async def on_phone(ctx: Ctx) -> Step:
         ctx.user = await sale.verify_identity(ctx.uow, ctx.deps, ctx.user, name, id_number, phone)
     except InvalidIdentity as refusal:
         return Step(AWAIT_NAME, (Reply(ctx.t(refusal.key)), *await prompt_name(ctx)))
-    done = Reply(ctx.t("identity.verified", name=ctx.user.real_name,
-                       id=ctx.user.id_number_masked, phone=ctx.user.phone_masked))
+    done = Reply(
+        ctx.t(
+            "identity.verified",
+            name=ctx.user.real_name,
+            id=ctx.user.id_number_masked,
+            phone=ctx.user.phone_masked,
+        )
+    )
     return Step(AWAIT_METHOD, (done, *await prompt_method(ctx)))
 
 
@@ -403,8 +466,9 @@ async def on_method(ctx: Ctx) -> Step:
     if choice.startswith("account."):
         account = await ctx.uow.payout_accounts.get(int(choice.split(".")[1]))
         if account.user_id != ctx.user.id:
-            return Step(AWAIT_METHOD, (Reply(ctx.t("error.option_gone")),
-                                       *await prompt_method(ctx)))
+            return Step(
+                AWAIT_METHOD, (Reply(ctx.t("error.option_gone")), *await prompt_method(ctx))
+            )
         ctx.data["account_id"] = account.id
         return Step(AWAIT_PAYOUT_CONFIRM, await prompt_payout_confirm(ctx))
     ctx.data["method"] = PayoutMethod(choice.split(".")[1]).value
@@ -434,8 +498,10 @@ async def on_bank_confirm(ctx: Ctx) -> Step:
 async def _use_account(ctx: Ctx, method: PayoutMethod, account: str) -> Step:
     row = await sale.add_payout_account(ctx.uow, ctx.deps, ctx.user, method, account)
     ctx.data["account_id"] = row.id
-    return Step(AWAIT_PAYOUT_CONFIRM, (Reply(ctx.t("payout.account_saved")),
-                                       *await prompt_payout_confirm(ctx)))
+    return Step(
+        AWAIT_PAYOUT_CONFIRM,
+        (Reply(ctx.t("payout.account_saved")), *await prompt_payout_confirm(ctx)),
+    )
 
 
 async def on_payout_confirm(ctx: Ctx) -> Step:
@@ -461,12 +527,14 @@ async def on_payout_confirm(ctx: Ctx) -> Step:
     if order.status is OrderStatus.REJECTED:
         _clear_sale(ctx)
         reasons = "\n".join(f"• {ctx.t(r)}" for r in decision.reasons)
-        return Step(START, (Reply(ctx.t("risk.rejected", reasons=reasons)),
-                            *await prompt_start(ctx)))
+        return Step(
+            START, (Reply(ctx.t("risk.rejected", reasons=reasons)), *await prompt_start(ctx))
+        )
     if order.status is OrderStatus.REVIEW:
         _clear_sale(ctx)
-        return Step(START, (Reply(ctx.t("risk.review", order=order.number)),
-                            *await prompt_start(ctx)))
+        return Step(
+            START, (Reply(ctx.t("risk.review", order=order.number)), *await prompt_start(ctx))
+        )
     return _settle_step(ctx, order)
 
 
@@ -482,8 +550,9 @@ def _settle_step(ctx: Ctx, order: Order) -> Step:
         after = await sale.settle(services.uow_factory, services.sale, order_id)
         return await settlement_outcome(services, t, after)
 
-    return Step(AWAIT_PAYOUT_CONFIRM, (Reply(ctx.t("pay.sending", order=order.number)),),
-                after_commit=pay)
+    return Step(
+        AWAIT_PAYOUT_CONFIRM, (Reply(ctx.t("pay.sending", order=order.number)),), after_commit=pay
+    )
 
 
 def _retry_payout(ctx: Ctx, order: Order, account_id: int | None) -> Step:
@@ -494,45 +563,75 @@ def _retry_payout(ctx: Ctx, order: Order, account_id: int | None) -> Step:
     async def pay_again() -> AfterCommit:
         async with services.uow_factory() as uow:
             account = await uow.payout_accounts.get(account_id)
-        after = await sale.retry_failed_payout(services.uow_factory, services.sale, order_id,
-                                               account)
+        after = await sale.retry_failed_payout(
+            services.uow_factory, services.sale, order_id, account
+        )
         return await settlement_outcome(services, t, after)
 
-    return Step(AWAIT_PAYOUT_CONFIRM, (Reply(ctx.t("pay.sending", order=order.number)),),
-                after_commit=pay_again)
+    return Step(
+        AWAIT_PAYOUT_CONFIRM,
+        (Reply(ctx.t("pay.sending", order=order.number)),),
+        after_commit=pay_again,
+    )
 
 
 async def settlement_outcome(services: Any, t: Any, order: Order) -> AfterCommit:
     """What the user hears once settlement has gone as far as it can for now."""
     catalog = services.sale.catalog
-    menu = Reply(t("menu.prompt"), (
-        Option("menu.sell", t("menu.sell")), Option("menu.prices", t("menu.prices")),
-        Option("menu.orders", t("menu.orders")), Option("menu.help", t("menu.help"))))
+    menu = Reply(
+        t("menu.prompt"),
+        (
+            Option("menu.sell", t("menu.sell")),
+            Option("menu.prices", t("menu.prices")),
+            Option("menu.orders", t("menu.orders")),
+            Option("menu.help", t("menu.help")),
+        ),
+    )
     if order.status is OrderStatus.SETTLED:
         assert order.id is not None
         async with services.uow_factory() as uow:
             receipt = await sale.receipt_for(uow, order.id)
         return AfterCommit(
-            (Reply(t("pay.done", amount=yuan(order.payout_fen))),
-             Reply(render.receipt_text(t, catalog, receipt)), menu),
-            to=START, data=_cleared_data(),
+            (
+                Reply(t("pay.done", amount=yuan(order.payout_fen))),
+                Reply(render.receipt_text(t, catalog, receipt)),
+                menu,
+            ),
+            to=START,
+            data=_cleared_data(),
         )
     if order.status is OrderStatus.PAYOUT_FAILED:
         async with services.uow_factory() as uow:
             payout = await uow.payouts.for_order(order.id or 0)
         reason = payout.failure_reason if payout else None
         return AfterCommit(
-            (Reply(t("pay.failed", order=order.number, reason=t(f"payout_failure.{reason}")
-                     if reason else "-")),
-             Reply(t("payout.ask_method_again"), tuple(
-                 Option(f"method.{m.value}", t(f"method.{m.value}")) for m in PayoutMethod))),
-            to=AWAIT_METHOD, data={},
+            (
+                Reply(
+                    t(
+                        "pay.failed",
+                        order=order.number,
+                        reason=t(f"payout_failure.{reason}") if reason else "-",
+                    )
+                ),
+                Reply(
+                    t("payout.ask_method_again"),
+                    tuple(
+                        Option(f"method.{m.value}", t(f"method.{m.value}")) for m in PayoutMethod
+                    ),
+                ),
+            ),
+            to=AWAIT_METHOD,
+            data={},
         )
     if order.status is OrderStatus.CANCELLED:
-        return AfterCommit((Reply(t("pay.card_changed", order=order.number)), menu),
-                           to=START, data=_cleared_data())
-    return AfterCommit((Reply(t("pay.pending", order=order.number)), menu),
-                       to=START, data=_cleared_data())
+        return AfterCommit(
+            (Reply(t("pay.card_changed", order=order.number)), menu),
+            to=START,
+            data=_cleared_data(),
+        )
+    return AfterCommit(
+        (Reply(t("pay.pending", order=order.number)), menu), to=START, data=_cleared_data()
+    )
 
 
 def _cleared_data() -> dict[str, Any]:
@@ -554,28 +653,27 @@ def _unseal(ctx: Ctx, sealed: str) -> str:
 # --------------------------------------------------------------------------------------------
 # The graph
 
-T, C, I, D, O = (InputKind.TEXT, InputKind.COMMAND, InputKind.IMAGE, InputKind.DOCUMENT,
-                 InputKind.OPTION)
+TEXT, PHOTO, FILE, CHOICE = InputKind.TEXT, InputKind.IMAGE, InputKind.DOCUMENT, InputKind.OPTION
 
 TABLE: dict[tuple[str, InputKind], StepHandler] = {
-    (START, T): on_text_at_start,
-    (START, I): on_card_photo,
-    (START, D): on_card_document,
-    (START, O): on_menu,
-    (AWAIT_CARD, T): on_card_number,
-    (AWAIT_CARD, I): on_card_photo,
-    (AWAIT_CARD, D): on_card_document,
-    (AWAIT_CARD_CHOICE, O): on_card_choice,
-    (AWAIT_SECRET, T): on_secret,
-    (AWAIT_QUOTE, O): on_quote_choice,
-    (AWAIT_CONSENT, O): on_consent,
-    (AWAIT_NAME, T): on_name,
-    (AWAIT_ID, T): on_id_number,
-    (AWAIT_PHONE, T): on_phone,
-    (AWAIT_METHOD, O): on_method,
-    (AWAIT_ACCOUNT, T): on_account,
-    (AWAIT_BANK_CONFIRM, O): on_bank_confirm,
-    (AWAIT_PAYOUT_CONFIRM, O): on_payout_confirm,
+    (START, TEXT): on_text_at_start,
+    (START, PHOTO): on_card_photo,
+    (START, FILE): on_card_document,
+    (START, CHOICE): on_menu,
+    (AWAIT_CARD, TEXT): on_card_number,
+    (AWAIT_CARD, PHOTO): on_card_photo,
+    (AWAIT_CARD, FILE): on_card_document,
+    (AWAIT_CARD_CHOICE, CHOICE): on_card_choice,
+    (AWAIT_SECRET, TEXT): on_secret,
+    (AWAIT_QUOTE, CHOICE): on_quote_choice,
+    (AWAIT_CONSENT, CHOICE): on_consent,
+    (AWAIT_NAME, TEXT): on_name,
+    (AWAIT_ID, TEXT): on_id_number,
+    (AWAIT_PHONE, TEXT): on_phone,
+    (AWAIT_METHOD, CHOICE): on_method,
+    (AWAIT_ACCOUNT, TEXT): on_account,
+    (AWAIT_BANK_CONFIRM, CHOICE): on_bank_confirm,
+    (AWAIT_PAYOUT_CONFIRM, CHOICE): on_payout_confirm,
 }
 
 COMMANDS: dict[str, StepHandler] = {

@@ -10,7 +10,7 @@ Trust rule (what keeps misreads out):
    check digits re-verified, ITF of even length ≥ 6, Code 39 alphabet, printable text.
 2. A read is *accepted* when its symbology carries a mandatory check (EAN/UPC, Code 128, QR),
    whichever variant produced it. Code 39 and ITF have none, so a read of theirs is accepted only
-   from a gentle variant (plain, rescaled, contrast, sharpen) or when a second variant confirms
+   from a gentle variant (plain, rescaled, equalised) or when a second variant confirms
    it, and in both cases only if one variant decoded it on at least ``UNCHECKED_MIN_LINES`` scan
    lines: stray text and partial ITF scans parse on one to four lines, real bars on dozens.
 3. A read is *conclusive* (the cascade stops) when it is accepted and is a QR code or was decoded
@@ -133,7 +133,7 @@ CASCADE: Final[tuple[Variant, ...]] = (
     _tilt(45),
     Variant("equalize", False, "cascade", imaging.equalize),
     Variant("otsu", True, "cascade", imaging.otsu_threshold),
-    Variant("sharpen", False, "cascade", imaging.sharpen),
+    Variant("sharpen", True, "cascade", imaging.sharpen),
     _tilt(30),
     _tilt(-30),
     _tilt(15),

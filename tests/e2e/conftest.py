@@ -43,7 +43,10 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
     base = make_url(PG_URL)
     name = f"cardbot_e2e_{uuid.uuid4().hex[:12]}"
     conn = await asyncpg.connect(
-        host=base.host, port=base.port or 5432, user=base.username, password=base.password,
+        host=base.host,
+        port=base.port or 5432,
+        user=base.username,
+        password=base.password,
         database=base.database,
     )
     try:
@@ -57,8 +60,14 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
 class Harness:
     """One console user talking to a real cardbot; can restart the process in between."""
 
-    def __init__(self, tmp_path: Path, database_url: str, lang: str = "zh",
-                 cards: Path = DEFAULT_CARDS, **ports: Any) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        database_url: str,
+        lang: str = "zh",
+        cards: Path = DEFAULT_CARDS,
+        **ports: Any,
+    ) -> None:
         self.clock = FakeClock()
         self.settings = Settings(
             var_dir=tmp_path / "var",
@@ -77,8 +86,9 @@ class Harness:
 
     async def start(self) -> None:
         self.app = await build_app(self.settings, clock=self.clock, migrate=True, **self.ports)
-        self.channel = ConsoleChannel(self.app.conversation, user_id=self.user, lang=self.lang,
-                                      write=self.transcript.append)
+        self.channel = ConsoleChannel(
+            self.app.conversation, user_id=self.user, lang=self.lang, write=self.transcript.append
+        )
 
     async def restart(self) -> None:
         """Throw away the process state, as a crash and restart would."""

@@ -76,7 +76,7 @@ async def test_a_whole_sale_from_photo_to_receipt_ends_settled(
     [order] = await harness.orders()
     assert order.status is OrderStatus.SETTLED
     assert order.number in receipt
-    assert "¥" in receipt and "l***" in receipt or "***" in receipt
+    assert ("¥" in receipt and "l***" in receipt) or "***" in receipt
     assert await harness.step() == "start"
 
     assert harness.app is not None
@@ -97,7 +97,9 @@ async def test_a_card_without_a_secret_is_quoted_straight_from_its_number(
     assert "大润发" in harness.text()
 
 
-async def test_an_english_speaker_is_answered_in_english(tmp_path: Path, database_url: str) -> None:
+async def test_an_english_speaker_is_answered_in_english(
+    tmp_path: Path, database_url: str
+) -> None:
     h = Harness(tmp_path, database_url, lang="en")
     await h.start()
     try:
@@ -170,9 +172,14 @@ async def test_a_restart_between_any_two_steps_resumes_at_the_same_step(
 
 async def test_the_same_message_delivered_twice_has_one_effect(harness: Harness) -> None:
     await play(harness, SCRIPT[:4])
-    accept = Inbound(channel="console", user_id=harness.user, chat_id=harness.user,
-                     message_id="redelivered-1", language="zh",
-                     option="quote.accept")
+    accept = Inbound(
+        channel="console",
+        user_id=harness.user,
+        chat_id=harness.user,
+        message_id="redelivered-1",
+        language="zh",
+        option="quote.accept",
+    )
     first = await harness.send(accept)
     assert first
     second = await harness.send(accept)
@@ -193,8 +200,14 @@ async def test_the_same_message_delivered_twice_has_one_effect(harness: Harness)
 
 async def test_a_redelivery_after_a_restart_still_has_no_effect(harness: Harness) -> None:
     await play(harness, SCRIPT[:3])
-    secret = Inbound(channel="console", user_id=harness.user, chat_id=harness.user,
-                     message_id="update-77", language="zh", text=WALMART[1])
+    secret = Inbound(
+        channel="console",
+        user_id=harness.user,
+        chat_id=harness.user,
+        message_id="update-77",
+        language="zh",
+        text=WALMART[1],
+    )
     await harness.send(secret)
     await harness.restart()
     assert await harness.send(secret) == []
@@ -302,8 +315,14 @@ async def test_an_option_that_does_not_exist_is_refused(harness: Harness) -> Non
 
 async def test_a_stale_option_is_refused(harness: Harness) -> None:
     await play(harness, SCRIPT[:4])
-    stale = Inbound(channel="console", user_id=harness.user, chat_id=harness.user,
-                    message_id="stale-1", language="en", option="consent.yes")
+    stale = Inbound(
+        channel="console",
+        user_id=harness.user,
+        chat_id=harness.user,
+        message_id="stale-1",
+        language="en",
+        option="consent.yes",
+    )
     replies = await harness.send(stale)
     assert EN("error.option_gone") in harness.text(replies)
     assert await harness.step() == "await_quote"

@@ -13,7 +13,7 @@ from handlers.i18n import Translator, catalog, fields_of, resolve_language
 ROOT = Path(__file__).resolve().parents[2]
 # Keys appear as t("key"), as an error's constructor argument, or as an error class's `key`.
 KEY_LITERAL = re.compile(
-    r'(?:\bt\(\s*|(?:Error|Unusable|Identity|Account|Secret|Recognised|Found|Expired)\(\s*'
+    r"(?:\bt\(\s*|(?:Error|Unusable|Identity|Account|Secret|Recognised|Found|Expired)\(\s*"
     r'|\bkey = )"([a-z_]+\.[a-z_.]+)"'
 )
 
@@ -46,8 +46,15 @@ def test_every_key_named_in_the_code_exists() -> None:
 
 @pytest.mark.parametrize(
     ("given", "expected"),
-    [("en-GB", "en"), ("en", "en"), ("zh-hans", "zh"), ("zh_CN", "zh"), ("fr", "zh"),
-     (None, "zh"), ("", "zh")],
+    [
+        ("en-GB", "en"),
+        ("en", "en"),
+        ("zh-hans", "zh"),
+        ("zh_CN", "zh"),
+        ("fr", "zh"),
+        (None, "zh"),
+        ("", "zh"),
+    ],
 )
 def test_the_language_is_taken_from_the_user_and_defaults_to_chinese(
     given: str | None, expected: str
