@@ -73,8 +73,9 @@ def orders_text(t: Translator, catalog: Catalog, orders: Sequence[Order]) -> str
 
 
 def prices_text(t: Translator, catalog: Catalog, pricing: PricingPolicy) -> str:
-    """Today's buy-back rates per brand and face-value band, and the fee."""
-    rows = [t("prices.header")]
+    """Today's buy-back rates, one line per brand with its face-value bands, and the fee."""
+    bands: dict[str, list[str]] = {}
+    names: dict[str, str] = {}
     for row in price_list(pricing, catalog):
         if row.above_fen is None and row.up_to_fen is None:
             band = t("prices.band_all")
@@ -82,9 +83,10 @@ def prices_text(t: Translator, catalog: Catalog, pricing: PricingPolicy) -> str:
             band = t("prices.band_above", low=yuan(row.above_fen or 0))
         else:
             band = t("prices.band_upto", high=yuan(row.up_to_fen))
-        rows.append(
-            t("prices.row", brand=row.brand.name(t.lang), band=band, rate=percent(row.rate_bp))
-        )
+        names[row.brand.code] = row.brand.name(t.lang)
+        bands.setdefault(row.brand.code, []).append(f"{band} {percent(row.rate_bp)}")
+    rows = [t("prices.header")]
+    rows += [t("prices.row", brand=names[code], bands="｜".join(b)) for code, b in bands.items()]
     rows.append(
         t(
             "prices.footer",

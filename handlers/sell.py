@@ -285,10 +285,11 @@ async def on_card_document(ctx: Ctx) -> Step:
 
 
 async def _from_reading(ctx: Ctx, reading: CardReading) -> Step:
+    # A photo sent from the menu starts a sale: if it cannot be used, keep waiting for a card.
     if "not_an_image" in reading.hints:
-        return Step(ctx.step, (Reply(ctx.t("photo.not_an_image")), *await prompt_card(ctx)))
+        return Step(AWAIT_CARD, (Reply(ctx.t("photo.not_an_image")), *await prompt_card(ctx)))
     if "too_large" in reading.hints:
-        return Step(ctx.step, (Reply(ctx.t("error.file_too_large")), *await prompt_card(ctx)))
+        return Step(AWAIT_CARD, (Reply(ctx.t("error.file_too_large")), *await prompt_card(ctx)))
     recognised: list[tuple[str, str]] = []
     for text in reading.candidates:
         try:
@@ -299,10 +300,10 @@ async def _from_reading(ctx: Ctx, reading: CardReading) -> Step:
         recognised.append((label, text))
     if not recognised:
         if reading.candidates:
-            return Step(ctx.step, (Reply(ctx.t("photo.not_a_card")), *await prompt_card(ctx)))
+            return Step(AWAIT_CARD, (Reply(ctx.t("photo.not_a_card")), *await prompt_card(ctx)))
         hints = [ctx.t(f"photo.hint.{h}") for h in reading.hints] or [ctx.t("photo.hint.none")]
         text = ctx.t("photo.unreadable", hints="\n".join(f"• {h}" for h in hints))
-        return Step(ctx.step, (Reply(text),))
+        return Step(AWAIT_CARD, (Reply(text),))
     if len(recognised) > 1:
         # Several codes on one card (e.g. a product EAN beside the card number): ask which.
         ctx.data["choices_enc"] = _seal(ctx, "\n".join(t for _, t in recognised))

@@ -16,9 +16,13 @@ from PIL import Image, ImageFilter, ImageOps, ImageStat
 
 # A JPEG is decoded straight to a reduced size (DCT scaling), so a big phone photo costs little
 # memory; any other format is decoded whole first, hence its lower ceiling. Beyond these a file
-# is treated as a decompression bomb.
-MAX_PIXELS_JPEG: Final = 90_000_000
+# is treated as a decompression bomb (Pillow itself refuses beyond ~179 Mpx).
+MAX_PIXELS_JPEG: Final = 89_000_000
 MAX_PIXELS_OTHER: Final = 40_000_000
+# Raster formats a chat app can deliver. Naming them keeps Pillow from handing untrusted bytes
+# to its other plugins (EPS would even start Ghostscript).
+ACCEPTED_FORMATS: Final = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")  # JPEG covers MPO
+_DRAFTABLE: Final = frozenset({"JPEG", "MPO"})
 
 _HIGH_BIT_DEPTH: Final = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 _ALPHA_MODES: Final = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
@@ -41,9 +45,9 @@ def load_photo(data: bytes, max_side: int) -> Photo:
     try:
         # Pillow signals bad input through many exception types (OSError, SyntaxError,
         # ValueError, struct.error, EOFError, DecompressionBombError, …): all mean the same here.
-        with Image.open(BytesIO(data)) as opened:
+        with Image.open(BytesIO(data), formats=ACCEPTED_FORMATS) as opened:
             width, height = opened.size
-            draftable = opened.format == "JPEG"
+            draftable = opened.format in _DRAFTABLE
             limit = MAX_PIXELS_JPEG if draftable else MAX_PIXELS_OTHER
             if width < 1 or height < 1 or width * height > limit:
                 raise NotAnImage(f"{width}x{height} pixels")
