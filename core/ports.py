@@ -338,6 +338,10 @@ class AuditRepository(Protocol):
         """Every event, in order."""
         ...
 
+    async def for_subject(self, subject: str) -> Sequence[AuditEvent]:
+        """The events about one subject (e.g. ``order:12``), in order."""
+        ...
+
 
 class UnitOfWork(Protocol):
     inbox: InboxRepository

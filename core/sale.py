@@ -700,9 +700,7 @@ async def receipt_for(uow: UnitOfWork, order_id: int) -> Receipt:
         raise ValueError(f"order {order_id} is not settled")
     account = await uow.payout_accounts.get(payout.payout_account_id)
     events = [
-        e
-        for e in await uow.audit.all()
-        if e.subject == f"order:{order_id}" and e.action == "payout.succeeded"
+        e for e in await uow.audit.for_subject(f"order:{order_id}") if e.action == "payout.succeeded"
     ]
     return Receipt(
         order_number=order.number,

@@ -883,6 +883,15 @@ class SqlAlchemyAuditRepository:
         result = await self._session.scalars(select(AuditEventRow).order_by(AuditEventRow.seq))
         return [_audit_event(row) for row in result]
 
+    async def for_subject(self, subject: str) -> Sequence[AuditEvent]:
+        """The events about one subject (e.g. ``order:12``), in order."""
+        result = await self._session.scalars(
+            select(AuditEventRow)
+            .where(AuditEventRow.subject == subject)
+            .order_by(AuditEventRow.seq)
+        )
+        return [_audit_event(row) for row in result]
+
 
 __all__ = [
     "SqlAlchemyAuditRepository",

@@ -9,16 +9,17 @@ Trust rule (what keeps misreads out):
 1. Every decode must be plausible for its symbology (``vision.symbols.plausible``): EAN/UPC
    check digits re-verified, ITF of even length ≥ 6, Code 39 alphabet, printable text.
 2. A read is *accepted* when its symbology carries a mandatory check (EAN/UPC, Code 128, QR),
-   whichever variant produced it. Code 39 and ITF have none, so a read of theirs is accepted only
-   from a gentle variant (plain, rescaled, equalised) or when a second variant confirms
-   it, and in both cases only if one variant decoded it on at least ``UNCHECKED_MIN_LINES`` scan
+   whichever variant produced it. Code 39 and ITF have none, so a read of theirs is accepted
+   only from a gentle variant (plain, rescaled, equalised) or when a second variant confirms it,
+   and in both cases only if one variant decoded it on at least ``UNCHECKED_MIN_LINES`` scan
    lines: stray text and partial ITF scans parse on one to four lines, real bars on dozens.
-3. A read is *conclusive* (the cascade stops) when it is accepted and is a QR code or was decoded
-   on at least ``STRONG_LINES`` scan lines of one variant. Blurred EAN photos do yield
+3. A read is *conclusive* (the cascade stops) when it is accepted and is a QR code or was
+   decoded on at least ``STRONG_LINES`` scan lines of one variant. Blurred EAN photos do yield
    check-digit-valid misreads, but only on a few lines; those do not stop the search for better.
-4. The result lists accepted reads, conclusive first, then by scan-line support. A read that is
-   not conclusive is dropped when a better read of the same family (EAN/UPC are one family) is
-   listed: it is almost always a partial or misread scan of that same barcode.
+4. The result lists accepted reads: conclusive first, then self-checking, then by scan-line
+   support. A read that is not conclusive is dropped when a better read of the same family
+   (EAN/UPC are one family) is listed: it is almost always a partial or misread scan of that
+   same barcode.
 """
 
 from __future__ import annotations
@@ -122,20 +123,22 @@ def _tilt(degrees: int) -> Variant:
 
 # Order: cheapest rescue first. Averaging pixel pairs removes sensor noise and JPEG ringing
 # around bars (the most useful variant for soft phone photos); doubling gives zbar's edge
-# detector room on tiny pictures; local thresholding beats glare and shadow; then tilts.
-# zbar scans rows and columns, so quarter turns are free and each pass tolerates roughly ±15°
-# of tilt for a typical card barcode: +45° and ±30° cover the angles in between (+45° also
-# covers -45°, whose bars then lie along the columns); ±15° are a last resort for slim barcodes.
+# detector room on tiny pictures; local thresholding beats glare and shadow. Then tilts, kept
+# together so that a Code 39/ITF read from one tilt is confirmed by its neighbour before the
+# budget runs out: zbar scans rows and columns, so quarter turns are free and each pass
+# tolerates roughly ±15° for a typical card barcode; +45° and ±30° cover the angles in between
+# (+45° also covers -45°, whose bars then lie along the columns). Contrast filters next, and
+# ±15° last, for slim barcodes whose tolerance is narrower.
 CASCADE: Final[tuple[Variant, ...]] = (
     Variant("half", False, "work", _halve, growth=0.25, applies=_big_enough_to_halve),
     Variant("double", False, "work", _double, growth=4.0, applies=_small_enough_to_double),
     Variant("local_threshold", True, "cascade", imaging.local_threshold),
     _tilt(45),
+    _tilt(30),
+    _tilt(-30),
     Variant("equalize", False, "cascade", imaging.equalize),
     Variant("otsu", True, "cascade", imaging.otsu_threshold),
     Variant("sharpen", True, "cascade", imaging.sharpen),
-    _tilt(30),
-    _tilt(-30),
     _tilt(15),
     _tilt(-15),
 )
@@ -150,9 +153,12 @@ class _Evidence:
     order: int
     lines: int = 0  # scan lines that decoded it, summed over variants
     best_lines: int = 0  # scan lines in the single best variant
-    variants: int = 0
     gentle: bool = False
-    seen_in: list[str] = field(default_factory=list)
+    seen_in: list[str] = field(default_factory=list)  # variant names, in cascade order
+
+    @property
+    def variants(self) -> int:
+        return len(self.seen_in)
 
     @property
     def self_checking(self) -> bool:
@@ -197,7 +203,6 @@ class _Collector:
             evidence.lines += lines
             evidence.best_lines = max(evidence.best_lines, lines)
             if variant not in evidence.seen_in:
-                evidence.variants += 1
                 evidence.seen_in.append(variant)
             evidence.gentle = evidence.gentle or not aggressive
 

@@ -729,6 +729,9 @@ class TestStorageContract:
         assert [e.seq for e in events] == sorted(e.seq for e in events if e.seq is not None)
         assert events[0].at == T0 and events[0].at.tzinfo == UTC
         assert verify_chain(events) is None
+        async with uow_factory() as uow:
+            assert await uow.audit.for_subject("order:1") == [second]
+            assert await uow.audit.for_subject("order:2") == []
 
     async def test_audit_details_are_stored_as_they_were_hashed(
         self, uow_factory: SqlAlchemyUnitOfWorkFactory

@@ -281,6 +281,12 @@ def test_file_over_20_megabytes_says_too_large(reader: PyzbarCardReader) -> None
     assert reading.hints == ("too_large",)
 
 
+def test_formats_a_chat_app_never_sends_are_refused_unparsed(reader: PyzbarCardReader) -> None:
+    eps = encode(Image.new("RGB", (300, 200), "white"), "EPS")  # Pillow would run Ghostscript
+
+    assert reader.read_sync(eps).hints == ("not_an_image",)
+
+
 def test_not_an_image_is_raised_by_the_loader_for_garbage() -> None:
     with pytest.raises(NotAnImage):
         load_photo(b"GIF89a garbage", max_side=1600)

@@ -278,6 +278,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("hash", name="uq_audit_events_hash"),
         sa.UniqueConstraint("prev_hash", name="uq_audit_events_prev_hash"),
     )
+    _index("audit_events", "subject")
 
     op.create_table(
         "conversations",
