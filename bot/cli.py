@@ -7,8 +7,12 @@ import asyncio
 import json
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from bot.settings import Settings
+
+if TYPE_CHECKING:
+    from storage.db import SqlAlchemyUnitOfWorkFactory
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -72,11 +76,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
+async def _open(settings: Settings) -> SqlAlchemyUnitOfWorkFactory:
+    """Storage for a one-off command; the embedded database migrates itself as the app does."""
+    from storage.db import SqlAlchemyUnitOfWorkFactory, is_sqlite
+    from storage.migrate import upgrade_async
+
+    url = settings.resolved_database_url
+    if is_sqlite(url):
+        await upgrade_async(url)
+    return SqlAlchemyUnitOfWorkFactory.from_url(url)
+
+
 async def _audit_verify(settings: Settings) -> int:
     from core.audit import verify_chain
-    from storage.db import SqlAlchemyUnitOfWorkFactory
 
-    factory = SqlAlchemyUnitOfWorkFactory.from_url(settings.resolved_database_url)
+    factory = await _open(settings)
     try:
         async with factory() as uow:
             events = list(await uow.audit.all())
@@ -92,9 +106,8 @@ async def _audit_verify(settings: Settings) -> int:
 
 async def _orders(settings: Settings, as_json: bool, limit: int) -> int:
     from core.money import yuan
-    from storage.db import SqlAlchemyUnitOfWorkFactory
 
-    factory = SqlAlchemyUnitOfWorkFactory.from_url(settings.resolved_database_url)
+    factory = await _open(settings)
     try:
         async with factory() as uow:
             rows = list(await uow.orders.recent(limit=limit))
