@@ -442,3 +442,28 @@ async def test_a_payout_with_an_unknown_outcome_is_queried_and_never_sent_twice(
     assert order.status is OrderStatus.SETTLED
     transfers = harness.app.services.sale.gateway.transfers()  # type: ignore[attr-defined]
     assert len(transfers) == 1
+
+
+async def test_a_card_already_held_by_another_order_is_rejected_with_the_reason(
+    harness: Harness, tmp_path: Path
+) -> None:
+    await play(harness, SCRIPT[:2])
+    await harness.say(SINOPEC_55K[0])
+    await harness.say(SINOPEC_55K[1])
+    await play(harness, SCRIPT[4:])
+    [held] = await harness.orders()
+    assert held.status is OrderStatus.REVIEW  # not redeemed yet: the issuer still says active
+
+    bob = Harness(tmp_path, harness.settings.resolved_database_url)
+    bob.user, bob.clock = "bob", harness.clock
+    await bob.start()
+    try:
+        await play(bob, SCRIPT[:2])
+        await bob.say(SINOPEC_55K[0])
+        await bob.say(SINOPEC_55K[1])
+        await play(bob, SCRIPT[4:])
+        assert ZH("risk.same_card") in bob.text()
+        orders = await bob.orders()
+        assert sorted(o.status.value for o in orders) == ["rejected", "review"]
+    finally:
+        await bob.close()
