@@ -7,8 +7,9 @@ Every image under DIR (png, jpg, jpeg, gif, bmp, webp; recursively) is read with
 correct when any returned barcode's text equals the file's text exactly, wrong when something
 else was returned, none when nothing was. An image without one is a *negative* and must read to
 nothing; anything returned is a false positive. The symbology of an image is its folder relative
-to DIR. ``n`` counts all images; ``negatives`` counts the images without an expected text, and
-``false_positives`` those of them that returned a barcode. This prints numbers; it is not a test.
+to DIR (DIR's own name for images directly in it). ``n`` counts all images; ``negatives`` counts
+the images without an expected text, and ``false_positives`` those of them that returned a
+barcode. This prints numbers; it is not a test.
 """
 
 from __future__ import annotations
@@ -99,7 +100,8 @@ def run(root: Path, reader: PyzbarCardReader) -> tuple[Tally, dict[str, Tally]]:
         else:
             outcome = "wrong" if texts else "none"
         overall.add(outcome, reading.ms)
-        groups[image.parent.relative_to(root).as_posix()].add(outcome, reading.ms)
+        folder = image.parent.relative_to(root).as_posix()
+        groups[root.resolve().name if folder == "." else folder].add(outcome, reading.ms)
     return overall, dict(sorted(groups.items()))
 
 

@@ -699,9 +699,8 @@ async def receipt_for(uow: UnitOfWork, order_id: int) -> Receipt:
     if order.status is not OrderStatus.SETTLED or payout is None:
         raise ValueError(f"order {order_id} is not settled")
     account = await uow.payout_accounts.get(payout.payout_account_id)
-    events = [
-        e for e in await uow.audit.for_subject(f"order:{order_id}") if e.action == "payout.succeeded"
-    ]
+    history = await uow.audit.for_subject(f"order:{order_id}")
+    events = [e for e in history if e.action == "payout.succeeded"]
     return Receipt(
         order_number=order.number,
         brand=order.brand,

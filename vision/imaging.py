@@ -126,14 +126,14 @@ def scale(image: Image.Image, factor: float) -> Image.Image:
     return image.resize(size, resample)
 
 
-def stretch_contrast(image: Image.Image) -> Image.Image:
-    """Stretch the 1st-99th percentile of luminance to the full range (dim, flat photos)."""
-    return ImageOps.autocontrast(image, cutoff=1)
-
-
 def equalize(image: Image.Image) -> Image.Image:
     """Histogram equalisation: lifts bars out of shadows and dark, underexposed shots."""
     return ImageOps.equalize(image)
+
+
+def invert(image: Image.Image) -> Image.Image:
+    """Negative: zbar only reads dark bars on light, and some cards print light bars on dark."""
+    return ImageOps.invert(image)
 
 
 def sharpen(image: Image.Image, radius: float = 6, percent: int = 600) -> Image.Image:
@@ -145,8 +145,7 @@ def sharpen(image: Image.Image, radius: float = 6, percent: int = 600) -> Image.
 
 def otsu_threshold(image: Image.Image) -> Image.Image:
     """Global black/white split at Otsu's threshold (uneven print, faint bars on tint)."""
-    histogram = np.bincount(np.asarray(image, dtype=np.uint8).ravel(), minlength=256)
-    threshold = otsu_level(histogram.astype(np.float64))
+    threshold = otsu_level(np.asarray(image.histogram(), dtype=np.float64))
     lut = [0 if level <= threshold else 255 for level in range(256)]
     return image.point(lut)
 

@@ -10,9 +10,10 @@ Trust rule (what keeps misreads out):
    check digits re-verified, ITF of even length ≥ 6, Code 39 alphabet, printable text.
 2. A read is *accepted* when its symbology carries a mandatory check (EAN/UPC, Code 128, QR),
    whichever variant produced it. Code 39 and ITF have none, so a read of theirs is accepted
-   only from a gentle variant (plain, rescaled, equalised) or when a second variant confirms it,
-   and in both cases only if one variant decoded it on at least ``UNCHECKED_MIN_LINES`` scan
-   lines: stray text and partial ITF scans parse on one to four lines, real bars on dozens.
+   only from a gentle variant (plain, rescaled, equalised, negative) or when a second variant
+   confirms it, and in both cases only if one variant decoded it on at least
+   ``UNCHECKED_MIN_LINES`` scan lines: stray text and partial ITF scans parse on one to four
+   lines, real bars on dozens.
 3. A read is *conclusive* (the cascade stops) when it is accepted and is a QR code or was
    decoded on at least ``STRONG_LINES`` scan lines of one variant. Blurred EAN photos do yield
    check-digit-valid misreads, but only on a few lines; those do not stop the search for better.
@@ -51,7 +52,7 @@ FIRST_PASS_SIDE: Final = 1600  # enough for a card barcode filling a fifth of a 
 CASCADE_SIDE: Final = 1024  # filters run smaller: each variant then costs ~25 ms, not ~80
 TILT_SIDE: Final = 800  # rotating grows the canvas up to 2x; keep each tilt pass cheap
 UPSCALE_MAX_SIDE: Final = 480  # doubling only helps pictures whose bars are a pixel or two wide
-HALF_MIN_SIDE: Final = 120
+HALF_MIN_SIDE: Final = 120  # halving anything smaller leaves bars under a pixel wide
 STRONG_LINES: Final = 10
 UNCHECKED_MIN_LINES: Final = 5
 # zbar's cost per pixel varies with content (filtered and rotated pictures have more edges);
@@ -91,7 +92,7 @@ class Variant:
     """One cascade step: a transform of one view of the photo, gentle or aggressive."""
 
     name: str
-    aggressive: bool  # see the trust rule: binarising and rotating can fabricate bars
+    aggressive: bool  # see the trust rule: binarising, rotating, hard sharpening can fake bars
     view: View
     transform: Callable[[Image.Image], Image.Image]
     growth: float = 1.0  # output pixels per input pixel, at most: the cost estimate uses it
@@ -127,8 +128,9 @@ def _tilt(degrees: int) -> Variant:
 # together so that a Code 39/ITF read from one tilt is confirmed by its neighbour before the
 # budget runs out: zbar scans rows and columns, so quarter turns are free and each pass
 # tolerates roughly ±15° for a typical card barcode; +45° and ±30° cover the angles in between
-# (+45° also covers -45°, whose bars then lie along the columns). Contrast filters next, and
-# ±15° last, for slim barcodes whose tolerance is narrower.
+# (+45° also covers -45°, whose bars then lie along the columns). Contrast filters next, then
+# the negative (light bars printed on a dark card), and ±15° last, for slim barcodes whose
+# tolerance is narrower.
 CASCADE: Final[tuple[Variant, ...]] = (
     Variant("half", False, "work", _halve, growth=0.25, applies=_big_enough_to_halve),
     Variant("double", False, "work", _double, growth=4.0, applies=_small_enough_to_double),
@@ -139,6 +141,7 @@ CASCADE: Final[tuple[Variant, ...]] = (
     Variant("equalize", False, "cascade", imaging.equalize),
     Variant("otsu", True, "cascade", imaging.otsu_threshold),
     Variant("sharpen", True, "cascade", imaging.sharpen),
+    Variant("invert", False, "cascade", imaging.invert),
     _tilt(15),
     _tilt(-15),
 )

@@ -37,7 +37,6 @@ CARD_SYMBOLS: Final[tuple[ZBarSymbol, ...]] = (
 # QR Reed-Solomon): a random misread almost never survives it. Code 39 and ITF have no mandatory
 # check character, so one scan line that happens to parse is weak evidence on its own.
 SELF_CHECKING: Final = frozenset({EAN13, EAN8, UPCA, UPCE, CODE128, QRCODE})
-LINEAR: Final = frozenset({EAN13, EAN8, UPCA, UPCE, CODE128, CODE39, I25})
 
 _DIGIT_LENGTHS: Final = {EAN13: 13, EAN8: 8, UPCA: 12, UPCE: 8}
 _CODE39_ALPHABET: Final = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ-. $/+%")
