@@ -98,7 +98,7 @@ async def run_demo(lang: str = "zh", keep_dir: str | None = None) -> int:
 
     async def choose(option_id: str) -> None:
         for reply in reversed(last):
-            ids = [o.id for o in reply.options]
+            ids = [o.id.split(":", 1)[0] for o in reply.options]
             if option_id in ids:
                 number = ids.index(option_id) + 1
                 await say(str(number), f"{number}  ({reply.options[number - 1].label})")

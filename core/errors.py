@@ -57,6 +57,14 @@ class CardUnusable(UserError):
     key = "error.card_unusable"
 
 
+class CardLocked(CardUnusable):
+    key = "error.card_locked"
+
+
+class CannotCancel(UserError):
+    key = "sell.cannot_cancel_paying"
+
+
 class InvalidIdentity(UserError):
     key = "error.invalid_identity"
 
@@ -94,6 +102,10 @@ class IllegalTransition(IntegrityError):
 
 
 class ConcurrentUpdate(IntegrityError):
+    pass
+
+
+class PreconditionFailed(IntegrityError):
     pass
 
 

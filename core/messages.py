@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 
 
@@ -74,4 +74,3 @@ class Reply:
     document: bytes | None = None
     document_name: str | None = None
     delete_inbound: bool = False
-    extra: dict[str, str] = field(default_factory=dict)

@@ -247,6 +247,15 @@ class OrderRepository(Protocol):
         """An order by id; raises KeyError."""
         ...
 
+    async def lock(self, order_id: int) -> Order:
+        """An order, freshly read and locked against other processes until the unit of work
+        ends: every change to an order's status after the quote goes through this."""
+        ...
+
+    async def with_status(self, statuses: Sequence[OrderStatus]) -> Sequence[Order]:
+        """Every order in one of the statuses, oldest first."""
+        ...
+
     async def update(self, order: Order) -> None:
         """Store changed fields (status, risk, payout account, timestamps)."""
         ...

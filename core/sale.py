@@ -1,23 +1,29 @@
 """The sale, as use cases: capture a card, verify and quote it, take the person's identity and
 payout account, assess risk, and settle. Each function works inside a unit of work it is given;
-the caller owns the transaction. Settlement talks to the issuer and the payout provider and so
-manages its own units of work (a provider call never happens inside an open transaction)."""
+the caller owns the transaction. Settlement manages its own units of work: the payout provider
+is never called inside an open transaction; the issuer's redemption is, under the order's lock,
+so that no cancellation can slip in between taking the card's money and recording it."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import date, datetime, timedelta
-from zoneinfo import ZoneInfo
+from datetime import datetime, timedelta
 
 from core import ledger, masking
-from core.catalog import Brand, Catalog, normalize_card_number
+from core.catalog import Catalog, normalize_card_number
 from core.errors import (
+    CannotCancel,
+    CardbotError,
+    CardLocked,
+    CardNotFound,
     CardUnusable,
-    LedgerError,
+    IssuerUnavailable,
     PayoutOutcomeUnknown,
+    PreconditionFailed,
     QuoteExpired,
+    WrongSecret,
 )
 from core.identity import (
     normalize_alipay_account,
@@ -41,6 +47,7 @@ from core.model import (
     RiskOutcome,
     User,
 )
+from core.money import yuan
 from core.orders import transition
 from core.ports import (
     CardIssuer,
@@ -53,11 +60,20 @@ from core.ports import (
     Vault,
 )
 from core.pricing import PricingPolicy, quote_card
-from core.risk import RiskDecision, RiskFacts, RiskPolicy, assess, shanghai_day_bounds
+from core.risk import (
+    RiskDecision,
+    RiskFacts,
+    RiskPolicy,
+    assess,
+    shanghai_date,
+    shanghai_day_bounds,
+)
 
 log = logging.getLogger(__name__)
 
-SHANGHAI = ZoneInfo("Asia/Shanghai")
+# Wrong secrets for one card (by anyone) within the window before the card is refused.
+SECRET_FAILURE_LIMIT = 5
+SECRET_FAILURE_WINDOW = timedelta(hours=24)
 
 IDENTITY_CONSENT = "identity"
 IDENTITY_CONSENT_VERSION = "2026-11-v1"
@@ -128,13 +144,15 @@ async def capture_card(uow: UnitOfWork, deps: SaleDeps, user: User, text: str) -
     """Recognise a card number (typed or read from a photo) and store it encrypted."""
     number = normalize_card_number(text)
     brand = deps.catalog.match(number)
+    number_fp = deps.vault.fingerprint("card", f"{brand.code}:{number}")
+    await check_not_locked(uow, deps, number_fp)
     now = deps.clock.now()
     card = await uow.cards.add(
         Card(
             user_id=user.id,
             brand=brand.code,
             number_enc=b"",
-            number_fp=deps.vault.fingerprint("card", f"{brand.code}:{number}"),
+            number_fp=number_fp,
             number_masked=masking.mask_card_number(number),
             created_at=now,
         )
@@ -173,10 +191,37 @@ def _card_plaintext(deps: SaleDeps, card: Card) -> tuple[str, str | None]:
     return number, secret
 
 
+def _secret_subject(card_fp: str) -> str:
+    return f"card_fp:{card_fp}"
+
+
+async def check_not_locked(uow: UnitOfWork, deps: SaleDeps, card_fp: str) -> None:
+    """Refuse a card whose secret was guessed wrong too often lately, by anyone."""
+    since = deps.clock.now() - SECRET_FAILURE_WINDOW
+    failures = [
+        e
+        for e in await uow.audit.for_subject(_secret_subject(card_fp))
+        if e.action == "card.secret_wrong" and e.at >= since
+    ]
+    if len(failures) >= SECRET_FAILURE_LIMIT:
+        raise CardLocked(hours=int(SECRET_FAILURE_WINDOW.total_seconds() // 3600))
+
+
 async def verify_card(uow: UnitOfWork, deps: SaleDeps, card: Card) -> Card:
     """Ask the issuer about a card; a used, frozen, expired or empty one is refused precisely."""
+    await check_not_locked(uow, deps, card.number_fp)
     number, secret = _card_plaintext(deps, card)
-    verification = await deps.issuer.verify(card.brand, number, secret)
+    try:
+        verification = await deps.issuer.verify(card.brand, number, secret)
+    except WrongSecret:
+        await uow.audit.append(
+            deps.clock.now(),
+            f"user:{card.user_id}",
+            "card.secret_wrong",
+            _secret_subject(card.number_fp),
+            {"card": card.number_masked},
+        )
+        raise
     now = deps.clock.now()
     card = replace(
         card,
@@ -189,7 +234,7 @@ async def verify_card(uow: UnitOfWork, deps: SaleDeps, card: Card) -> Card:
     await uow.cards.update(card)
     if verification.status is CardStatus.USED:
         if verification.used_at is not None:
-            used_on = _shanghai_date(verification.used_at).isoformat()
+            used_on = shanghai_date(verification.used_at).isoformat()
             raise CardUnusable("error.card_used_on", date=used_on)
         raise CardUnusable("error.card_used")
     if verification.status is CardStatus.FROZEN:
@@ -214,7 +259,7 @@ async def quote_for(
         card.face_value_fen,
         card.balance_fen,
         card.expires,
-        _shanghai_date(now),
+        shanghai_date(now),
     )
     quote = await uow.quotes.add(
         Quote(
@@ -288,8 +333,21 @@ async def accept_quote(uow: UnitOfWork, deps: SaleDeps, order: Order) -> Order:
     return order
 
 
-async def cancel_order(uow: UnitOfWork, deps: SaleDeps, order: Order, actor: str) -> Order:
-    """Withdraw an order that has not been paid; a paid or paying order cannot be cancelled."""
+CANCELLABLE = (OrderStatus.QUOTED, OrderStatus.ACCEPTED, OrderStatus.REVIEW, OrderStatus.APPROVED)
+
+
+async def cancel_order(uow: UnitOfWork, deps: SaleDeps, order_id: int, actor: str) -> Order:
+    """Withdraw an order before its card is redeemed. Once redeemed, the money is the user's:
+    a paying order cannot be cancelled, and a failed payout waits for another account."""
+    order = await uow.orders.lock(order_id)
+    if order.status in (OrderStatus.CANCELLED, OrderStatus.EXPIRED, OrderStatus.REJECTED):
+        return order
+    if order.status is OrderStatus.PAYOUT_FAILED:
+        raise CannotCancel(
+            "sell.cannot_cancel_owed", order=order.number, amount=yuan(order.payout_fen)
+        )
+    if order.status not in CANCELLABLE:
+        raise CannotCancel("sell.cannot_cancel_paying", order=order.number)
     now = deps.clock.now()
     order = transition(order, OrderStatus.CANCELLED, now)
     await uow.orders.update(order)
@@ -336,7 +394,7 @@ def check_real_name(text: str) -> str:
 
 def check_id_number(deps: SaleDeps, text: str) -> str:
     """A resident ID number validated per GB 11643; returns the normalised number."""
-    return parse_resident_id(text, _shanghai_date(deps.clock.now())).number
+    return parse_resident_id(text, shanghai_date(deps.clock.now())).number
 
 
 def check_phone(text: str) -> str:
@@ -349,9 +407,9 @@ async def verify_identity(
 ) -> User:
     """Store the person's identity (encrypted) at level 1; consent must have been recorded."""
     if not await has_identity_consent(uow, user):
-        raise PermissionError("identity data asked for without consent")
+        raise PreconditionFailed("identity data asked for without consent")
     now = deps.clock.now()
-    rid = parse_resident_id(id_number, _shanghai_date(now))
+    rid = parse_resident_id(id_number, shanghai_date(now))
     phone = normalize_phone(phone)
     ctx = f"user:{user.id}"
     user = replace(
@@ -396,7 +454,7 @@ async def add_payout_account(
 ) -> PayoutAccount:
     """Remember a payout account in the verified person's name (reused if already known)."""
     if not user.is_verified or not user.real_name:
-        raise PermissionError("a payout account needs a verified identity")
+        raise PreconditionFailed("a payout account needs a verified identity")
     now = deps.clock.now()
     fp = deps.vault.fingerprint(f"payout.{method.value}", account)
     existing = await uow.payout_accounts.find(user.id, method, fp)
@@ -494,17 +552,35 @@ async def _redeem_and_reserve(
     uow_factory: UnitOfWorkFactory, deps: SaleDeps, order_id: int
 ) -> None:
     """APPROVED → REDEEMED → PAYING: take the card's balance at the issuer, post the purchase,
-    store the payout with its reference and reserve the money, in one transaction."""
+    store the payout with its reference and reserve the money, in one transaction that holds
+    the order's lock (so a cancellation cannot slip in between). An issuer that refuses the
+    card cancels the order; an issuer that is down leaves it approved, to be tried again."""
     async with uow_factory() as uow:
-        order = await uow.orders.get(order_id)
+        order = await uow.orders.lock(order_id)
         if order.status is not OrderStatus.APPROVED:
             return
         card = await uow.cards.get(order.card_id)
         number, secret = _card_plaintext(deps, card)
-        # Idempotent per reference: a crash after this call and before commit repeats it safely.
-        await deps.issuer.redeem(
-            card.brand, number, secret, order.balance_fen, f"CBR{order_id:010d}"
-        )
+        try:
+            # Idempotent per reference: a crash after this call and before commit is safe.
+            await deps.issuer.redeem(
+                card.brand, number, secret, order.balance_fen, f"CBR{order_id:010d}"
+            )
+        except IssuerUnavailable:
+            log.warning("issuer unavailable while redeeming order %s; will retry", order_id)
+            return
+        except (CardUnusable, CardNotFound, WrongSecret) as refusal:
+            now = deps.clock.now()
+            await uow.orders.update(transition(order, OrderStatus.CANCELLED, now))
+            await uow.audit.append(
+                now,
+                "settlement",
+                "card.redeem_refused",
+                f"order:{order_id}",
+                {"reason": refusal.key, "card": order.card_masked},
+            )
+            await uow.commit()
+            return
         now = deps.clock.now()
         await uow.ledger.post(
             ledger.purchase(order_id, order.user_id, order.balance_fen, order.payout_fen, now)
@@ -564,8 +640,11 @@ async def _send_payout(uow_factory: UnitOfWorkFactory, deps: SaleDeps, order_id:
     """Call the provider for an unfinished payout, under its stored reference, and record the
     outcome. PENDING and unknown-to-provider payouts are (re)sent unchanged; the others queried."""
     async with uow_factory() as uow:
+        order = await uow.orders.get(order_id)
         payout = await uow.payouts.for_order(order_id)
-        if payout is None or payout.state in (PayoutState.SUCCEEDED, PayoutState.FAILED):
+        if order.status is not OrderStatus.PAYING or payout is None:
+            return
+        if payout.state in (PayoutState.SUCCEEDED, PayoutState.FAILED):
             return
         account = await uow.payout_accounts.get(payout.payout_account_id)
         request = PayoutRequest(
@@ -595,11 +674,14 @@ async def _record_payout_outcome(
     uow_factory: UnitOfWorkFactory, deps: SaleDeps, order_id: int, result: PayoutResult | None
 ) -> None:
     async with uow_factory() as uow:
+        # The order's lock serialises outcome recording across processes: the first records,
+        # the others see a finished payout and stop.
+        order = await uow.orders.lock(order_id)
         payout = await uow.payouts.for_order(order_id)
-        order = await uow.orders.get(order_id)
-        assert payout is not None
+        if order.status is not OrderStatus.PAYING or payout is None:
+            return
         if payout.state in (PayoutState.SUCCEEDED, PayoutState.FAILED):
-            return  # someone else recorded it first
+            return
         now = deps.clock.now()
         state = PayoutState.UNKNOWN if result is None else result.state
         payout = replace(
@@ -656,7 +738,7 @@ async def retry_failed_payout(
 ) -> Order:
     """After a provider-confirmed failure, pay again to another account under a NEW reference."""
     async with uow_factory() as uow:
-        order = await uow.orders.get(order_id)
+        order = await uow.orders.lock(order_id)
         if order.status is not OrderStatus.PAYOUT_FAILED:
             return order
         previous = await uow.payouts.for_order(order_id)
@@ -673,21 +755,17 @@ async def resume_unfinished(uow_factory: UnitOfWorkFactory, deps: SaleDeps) -> l
     """Finish what a crash or an unsure provider left: approved orders not yet redeemed, and
     payouts pending, unknown or processing. Returns orders whose status changed."""
     async with uow_factory() as uow:
-        approved = [
-            o
-            for o in await uow.orders.recent(limit=1000)
-            if o.status in (OrderStatus.APPROVED, OrderStatus.PAYING)
-        ]
-        before = {o.id: o.status for o in approved}
+        waiting = list(await uow.orders.with_status([OrderStatus.APPROVED, OrderStatus.PAYING]))
     changed: list[Order] = []
-    for order in approved:
+    for order in waiting:
         assert order.id is not None
         try:
             after = await settle(uow_factory, deps, order.id)
-        except (PayoutOutcomeUnknown, LedgerError, CardUnusable):
-            log.exception("could not finish order %s", order.id)
+        except CardbotError as exc:
+            # One stuck order must not stop the others; it is tried again on the next pass.
+            log.warning("could not finish order %s yet: %s", order.id, type(exc).__name__)
             continue
-        if after.status is not before[order.id]:
+        if after.status is not order.status:
             changed.append(after)
     return changed
 
@@ -719,11 +797,6 @@ async def receipt_for(uow: UnitOfWork, order_id: int) -> Receipt:
     )
 
 
-def brand_of(deps: SaleDeps, order: Order) -> Brand:
-    """The catalog brand of an order."""
-    return deps.catalog.get(order.brand)
-
-
 async def open_orders(uow: UnitOfWork, user: User) -> Sequence[Order]:
     """A user's orders that still await the user (quoted or accepted)."""
     return [
@@ -733,5 +806,15 @@ async def open_orders(uow: UnitOfWork, user: User) -> Sequence[Order]:
     ]
 
 
-def _shanghai_date(now: datetime) -> date:
-    return now.astimezone(SHANGHAI).date()
+async def cancellable_orders(uow: UnitOfWork, user: User) -> Sequence[Order]:
+    """A user's orders that can still be withdrawn: the card has not been redeemed."""
+    return [o for o in await uow.orders.for_user(user.id, limit=50) if o.status in CANCELLABLE]
+
+
+async def owed_orders(uow: UnitOfWork, user: User) -> Sequence[Order]:
+    """A user's redeemed orders whose payout failed: money we owe, waiting for an account."""
+    return [
+        o
+        for o in await uow.orders.for_user(user.id, limit=50)
+        if o.status is OrderStatus.PAYOUT_FAILED
+    ]

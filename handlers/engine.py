@@ -19,7 +19,7 @@ from typing import Any
 from core.errors import ConcurrentUpdate, UserError
 from core.messages import Inbound, InputKind, Option, Reply
 from core.model import ConversationState, User
-from core.ports import CardReader, UnitOfWork, UnitOfWorkFactory
+from core.ports import CardReader, CardReading, UnitOfWork, UnitOfWorkFactory
 from core.sale import SaleDeps
 from handlers.i18n import Translator, resolve_language
 
@@ -93,6 +93,7 @@ class Ctx:
     t: Translator
     step: str
     data: dict[str, Any] = field(default_factory=dict)
+    reading: CardReading | None = None
 
     @property
     def deps(self) -> SaleDeps:
@@ -118,6 +119,9 @@ class Flow:
     table: Mapping[tuple[str, InputKind], StepHandler]
     commands: Mapping[str, StepHandler]
     prompts: Mapping[str, Prompt]
+    # Steps whose input is sensitive (a card secret, an ID number): the user's message is
+    # deleted from the chat whatever the answer, refusals included.
+    sensitive: frozenset[str] = frozenset()
 
 
 class Conversation:
@@ -145,11 +149,15 @@ class Conversation:
 
     async def _handle(self, inbound: Inbound) -> list[Reply]:
         clock = self.services.sale.clock
+        # Reading a photo is slow and needs no database: do it before the transaction opens,
+        # so one person's photo never holds up anyone else.
+        reading = await self._read_photo(inbound)
         async with self.services.uow_factory() as uow:
             if not await uow.inbox.claim(inbound.channel, inbound.message_id, clock.now()):
                 log.info("inbound %s/%s is a redelivery", inbound.channel, inbound.message_id)
                 return []
             ctx = await self._context(uow, inbound)
+            ctx.reading = reading
             before = ctx.step
             try:
                 step = await self._run(ctx)
@@ -160,8 +168,30 @@ class Conversation:
             await uow.commit()
         replies = list(step.replies)
         if step.after_commit is not None:
-            replies.extend(await self._after_commit(inbound, step))
+            try:
+                outcome = await step.after_commit()
+            except Exception as exc:
+                # The step itself is committed; what follows is resumable and will be resumed.
+                log.error(
+                    "after-commit work for %s/%s failed: %s",
+                    inbound.channel,
+                    inbound.message_id,
+                    type(exc).__name__,
+                    exc_info=True,
+                )
+                return [
+                    *replies,
+                    Reply(Translator(resolve_language(inbound.language))("error.after_commit")),
+                ]
+            await apply_outcome(self.services, inbound.channel, inbound.user_id, outcome)
+            replies.extend(outcome.replies)
         return replies
+
+    async def _read_photo(self, inbound: Inbound) -> CardReading | None:
+        payload = inbound.image if inbound.image is not None else inbound.document
+        if payload is None or len(payload) > MAX_UPLOAD_BYTES:
+            return None
+        return await self.services.reader.read(payload)
 
     async def _context(self, uow: UnitOfWork, inbound: Inbound) -> Ctx:
         now = self.services.sale.clock.now()
@@ -280,35 +310,52 @@ class Conversation:
         await uow.inbox.claim(inbound.channel, inbound.message_id, self.services.sale.clock.now())
         ctx = await self._context(uow, inbound)
         ctx.step = step_name
-        replies = (Reply(ctx.t(refusal.key, **refusal.params)), *await self.reprompt(ctx))
+        first = Reply(
+            ctx.t(refusal.key, **refusal.params), delete_inbound=step_name in self.flow.sensitive
+        )
+        replies = (first, *await self.reprompt(ctx))
         await self._save(ctx, Step(ctx.step, replies))
         await uow.commit()
         return list(replies)
 
-    async def _after_commit(self, inbound: Inbound, step: Step) -> tuple[Reply, ...]:
-        assert step.after_commit is not None
-        outcome = await step.after_commit()
-        if outcome.to is None and outcome.data is None and not outcome.replies:
-            return outcome.replies
-        async with self.services.uow_factory() as uow:
-            state = await uow.conversations.get(inbound.channel, inbound.user_id)
-            if state is None:
-                return outcome.replies
-            data = dict(state.data)
-            data.update(outcome.data or {})
-            options = _last_options(outcome.replies)
-            if options is not None:
-                data["_options"] = [o.id for o in options]
-            await uow.conversations.save(
-                replace(
-                    state,
-                    step=outcome.to or state.step,
-                    data=data,
-                    updated_at=self.services.sale.clock.now(),
-                )
+
+async def apply_outcome(
+    services: Services,
+    channel: str,
+    user_key: str,
+    outcome: AfterCommit,
+    only_for_order: int | None = None,
+) -> None:
+    """Bring a conversation up to date after work done outside its transaction (settlement,
+    a late payout notice): the new step, data, and the options now on the user's screen.
+    With ``only_for_order``, a conversation busy with something else is left alone."""
+    if outcome.to is None and outcome.data is None and not outcome.replies:
+        return
+    async with services.uow_factory() as uow:
+        state = await uow.conversations.get(channel, user_key)
+        if state is None:
+            state = ConversationState(channel, user_key, START)
+        busy_elsewhere = (
+            only_for_order is not None
+            and state.step != START
+            and (state.data.get("order_id") != only_for_order)
+        )
+        if busy_elsewhere:
+            return
+        data = dict(state.data)
+        data.update(outcome.data or {})
+        options = _last_options(outcome.replies)
+        if options is not None:
+            data["_options"] = [o.id for o in options]
+        await uow.conversations.save(
+            replace(
+                state,
+                step=outcome.to or state.step,
+                data=data,
+                updated_at=services.sale.clock.now(),
             )
-            await uow.commit()
-        return outcome.replies
+        )
+        await uow.commit()
 
 
 def _last_options(replies: tuple[Reply, ...]) -> tuple[Option, ...] | None:

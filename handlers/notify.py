@@ -1,14 +1,14 @@
 """Finishing what is unfinished: payouts whose outcome arrives later, orders a crash left
-half-way. The user hears about it on the channel the order came from."""
+half-way. The user hears about it on the channel the order came from, and their conversation
+moves on (to choosing another account when a payout failed)."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 
 from core import sale
 from core.ports import Notifier
-from handlers.engine import Services
+from handlers.engine import Services, apply_outcome
 from handlers.i18n import Translator
 from handlers.sell import settlement_outcome
 
@@ -30,19 +30,11 @@ async def finish_unfinished(services: Services, notifier: Notifier) -> int:
             log.warning("order %s changed but its user has no reachable identity", order.id)
             continue
         identity = identities[0]
-        t = Translator(user.language)
-        outcome = await settlement_outcome(services, t, order)
-        header = t(
-            "pay.notify_settled" if order.status.value == "settled" else "pay.in_progress",
-            order=order.number,
-            status=t(f"status.{order.status.value}"),
-        )
-        for reply in (replace(outcome.replies[0], text=header), *outcome.replies[1:]):
+        outcome = await settlement_outcome(services, Translator(user.language), order)
+        for reply in outcome.replies:
             await notifier.notify(identity.channel, identity.external_id, reply)
-        async with services.uow_factory() as uow:
-            state = await uow.conversations.get(identity.channel, identity.external_id)
-            if state is not None and state.data.get("order_id") == order.id and outcome.to:
-                data = {**state.data, **(outcome.data or {})}
-                await uow.conversations.save(replace(state, step=outcome.to, data=data))
-                await uow.commit()
+        # A user busy with another sale is not pulled out of it; /start brings them back.
+        await apply_outcome(
+            services, identity.channel, identity.external_id, outcome, only_for_order=order.id
+        )
     return len(changed)

@@ -118,3 +118,12 @@ def receipt_text(t: Translator, catalog: Catalog, receipt: Receipt) -> str:
         time=local_time(receipt.paid_at),
         hash=receipt.audit_hash[:16],
     )
+
+
+def payout_failure(t: Translator, reason: str | None) -> str:
+    """A provider's failure code in words; an unknown code is named, not hidden."""
+    if not reason:
+        return t("payout_failure.unknown")
+    key = f"payout_failure.{reason}"
+    text = t(key)
+    return text if text != key else t("payout_failure.other", code=reason)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 from dataclasses import replace
-from typing import Any
 
 from core import sale
 from core.catalog import normalize_card_number
@@ -24,7 +23,8 @@ from core.model import Card, Order, OrderStatus, PayoutMethod
 from core.money import yuan
 from core.ports import CardReading
 from handlers import render
-from handlers.engine import START, AfterCommit, Ctx, Flow, Step, StepHandler
+from handlers.engine import START, AfterCommit, Ctx, Flow, Services, Step, StepHandler
+from handlers.i18n import Translator
 
 AWAIT_CARD = "await_card"
 AWAIT_CARD_CHOICE = "await_card_choice"
@@ -46,18 +46,14 @@ MAX_SECRET_ATTEMPTS = 3
 # Prompts: what each state is waiting for (also used to repeat it after a refusal)
 
 
-def menu_options(ctx: Ctx) -> tuple[Option, ...]:
+def menu(t: Translator) -> Reply:
     """The main menu."""
-    return (
-        Option("menu.sell", ctx.t("menu.sell")),
-        Option("menu.prices", ctx.t("menu.prices")),
-        Option("menu.orders", ctx.t("menu.orders")),
-        Option("menu.help", ctx.t("menu.help")),
-    )
+    choices = ("menu.sell", "menu.prices", "menu.orders", "menu.help")
+    return Reply(t("menu.prompt"), tuple(Option(c, t(c)) for c in choices))
 
 
 async def prompt_start(ctx: Ctx) -> tuple[Reply, ...]:
-    return (Reply(ctx.t("menu.prompt"), menu_options(ctx)),)
+    return (menu(ctx.t),)
 
 
 async def prompt_card(ctx: Ctx) -> tuple[Reply, ...]:
@@ -91,8 +87,8 @@ async def prompt_quote(ctx: Ctx) -> tuple[Reply, ...]:
         Reply(
             text,
             (
-                Option("quote.accept", ctx.t("quote.accept")),
-                Option("quote.decline", ctx.t("quote.decline")),
+                Option(f"quote.accept:{order.id}", ctx.t("quote.accept")),
+                Option(f"quote.decline:{order.id}", ctx.t("quote.decline")),
             ),
         ),
     )
@@ -171,9 +167,9 @@ async def prompt_payout_confirm(ctx: Ctx) -> tuple[Reply, ...]:
         Reply(
             text,
             (
-                Option("pay.confirm", ctx.t("pay.confirm")),
+                Option(f"pay.confirm:{order.id}:{account.id}", ctx.t("pay.confirm")),
                 Option("pay.change", ctx.t("pay.change")),
-                Option("pay.cancel", ctx.t("pay.cancel")),
+                Option(f"pay.cancel:{order.id}", ctx.t("pay.cancel")),
             ),
         ),
     )
@@ -184,11 +180,15 @@ async def prompt_payout_confirm(ctx: Ctx) -> tuple[Reply, ...]:
 
 
 async def cmd_start(ctx: Ctx) -> Step:
-    """Welcome and the main menu; an unfinished sale is kept until the user cancels it."""
+    """Welcome and the main menu; an unfinished sale is kept until the user cancels it, and
+    money we owe after a failed payout comes first."""
     replies = [Reply(ctx.t("menu.welcome"))]
     if ctx.step not in (START, AWAIT_CARD):
         replies.append(Reply(ctx.t("menu.sale_in_progress")))
         return Step(ctx.step, (*replies, *await PROMPTS[ctx.step](ctx)))
+    owed = await _owed_step(ctx)
+    if owed is not None:
+        return replace(owed, replies=(*replies, *owed.replies))
     return Step(START, (*replies, *await prompt_start(ctx)))
 
 
@@ -198,6 +198,9 @@ async def cmd_help(ctx: Ctx) -> Step:
 
 async def cmd_sell(ctx: Ctx) -> Step:
     """Start selling a card; a sale that was waiting for the user is withdrawn first."""
+    owed = await _owed_step(ctx)
+    if owed is not None:
+        return owed
     replies: list[Reply] = []
     if await _withdraw_open_orders(ctx):
         replies.append(Reply(ctx.t("sell.previous_withdrawn")))
@@ -217,8 +220,20 @@ async def cmd_orders(ctx: Ctx) -> Step:
 
 
 async def cmd_cancel(ctx: Ctx) -> Step:
-    """Withdraw the sale in progress (never one already being paid) and go back to the menu."""
-    withdrawn = await _withdraw_open_orders(ctx)
+    """Withdraw the sale in progress and go back to the menu. An order being paid, or one whose
+    payout failed (the money is the user's), cannot be cancelled: CannotCancel says why."""
+    withdrawn = False
+    if ctx.data.get("order_id"):
+        order = await sale.cancel_order(
+            ctx.uow, ctx.deps, int(ctx.data["order_id"]), f"user:{ctx.user.id}"
+        )
+        withdrawn = order.status is OrderStatus.CANCELLED
+    # Also what waits on us rather than on the user: under review, or approved while the
+    # issuer is unreachable (the card has not been redeemed yet, so nothing is lost).
+    for order in await sale.cancellable_orders(ctx.uow, ctx.user):
+        assert order.id is not None
+        await sale.cancel_order(ctx.uow, ctx.deps, order.id, f"user:{ctx.user.id}")
+        withdrawn = True
     _clear_sale(ctx)
     key = "sell.cancelled" if withdrawn or ctx.step != START else "sell.nothing_to_cancel"
     return Step(START, (Reply(ctx.t(key)), *await prompt_start(ctx)))
@@ -227,9 +242,22 @@ async def cmd_cancel(ctx: Ctx) -> Step:
 async def _withdraw_open_orders(ctx: Ctx) -> bool:
     withdrawn = False
     for order in await sale.open_orders(ctx.uow, ctx.user):
-        await sale.cancel_order(ctx.uow, ctx.deps, order, f"user:{ctx.user.id}")
+        assert order.id is not None
+        await sale.cancel_order(ctx.uow, ctx.deps, order.id, f"user:{ctx.user.id}")
         withdrawn = True
     return withdrawn
+
+
+async def _owed_step(ctx: Ctx) -> Step | None:
+    """When a payout of ours failed, the user is asked for another account before anything."""
+    owed = await sale.owed_orders(ctx.uow, ctx.user)
+    if not owed:
+        return None
+    order = owed[-1]
+    _clear_sale(ctx)
+    ctx.data["order_id"] = order.id
+    text = ctx.t("pay.owed", order=order.number, amount=yuan(order.payout_fen))
+    return Step(AWAIT_METHOD, (Reply(text), *await prompt_method(ctx)))
 
 
 def _clear_sale(ctx: Ctx) -> None:
@@ -274,8 +302,10 @@ async def on_card_number(ctx: Ctx) -> Step:
 
 async def on_card_photo(ctx: Ctx) -> Step:
     """A photo of the card: read its barcode, or say precisely how to take a better one."""
-    image = ctx.inbound.image if ctx.inbound.image is not None else ctx.inbound.document
-    reading = await ctx.services.reader.read(image or b"")
+    reading = ctx.reading
+    if reading is None:  # read before the transaction by the engine; this is a fallback
+        image = ctx.inbound.image if ctx.inbound.image is not None else ctx.inbound.document
+        reading = await ctx.services.reader.read(image or b"")
     return await _from_reading(ctx, reading)
 
 
@@ -369,7 +399,14 @@ async def _verify_and_quote(ctx: Ctx, card: Card) -> Step:
             AWAIT_CARD,
             (Reply(ctx.t(refusal.key, **refusal.params)), Reply(ctx.t("sell.ask_another_card"))),
         )
-    _, order = await sale.quote_for(ctx.uow, ctx.deps, ctx.user, card, ctx.inbound.channel)
+    try:
+        _, order = await sale.quote_for(ctx.uow, ctx.deps, ctx.user, card, ctx.inbound.channel)
+    except CardUnusable as refusal:
+        _clear_sale(ctx)
+        return Step(
+            AWAIT_CARD,
+            (Reply(ctx.t(refusal.key, **refusal.params)), Reply(ctx.t("sell.ask_another_card"))),
+        )
     ctx.data["order_id"] = order.id
     return Step(AWAIT_QUOTE, await prompt_quote(ctx))
 
@@ -380,8 +417,10 @@ async def _verify_and_quote(ctx: Ctx, card: Card) -> Step:
 
 async def on_quote_choice(ctx: Ctx) -> Step:
     order = await ctx.uow.orders.get(int(ctx.data["order_id"]))
-    if ctx.inbound.option == "quote.decline":
-        await sale.cancel_order(ctx.uow, ctx.deps, order, f"user:{ctx.user.id}")
+    if _action(ctx) == "quote.decline":
+        await sale.cancel_order(
+            ctx.uow, ctx.deps, int(ctx.data["order_id"]), f"user:{ctx.user.id}"
+        )
         _clear_sale(ctx)
         return Step(START, (Reply(ctx.t("quote.declined")), *await prompt_start(ctx)))
     if order.status is not OrderStatus.QUOTED:
@@ -414,8 +453,9 @@ async def _after_accept(ctx: Ctx) -> Step:
 
 async def on_consent(ctx: Ctx) -> Step:
     if ctx.inbound.option == "consent.no":
-        order = await ctx.uow.orders.get(int(ctx.data["order_id"]))
-        await sale.cancel_order(ctx.uow, ctx.deps, order, f"user:{ctx.user.id}")
+        await sale.cancel_order(
+            ctx.uow, ctx.deps, int(ctx.data["order_id"]), f"user:{ctx.user.id}"
+        )
         _clear_sale(ctx)
         return Step(START, (Reply(ctx.t("identity.consent_declined")), *await prompt_start(ctx)))
     await sale.record_identity_consent(ctx.uow, ctx.deps, ctx.user, ctx.inbound.channel)
@@ -448,12 +488,13 @@ async def on_phone(ctx: Ctx) -> Step:
     except InvalidIdentity as refusal:
         return Step(AWAIT_NAME, (Reply(ctx.t(refusal.key)), *await prompt_name(ctx)))
     done = Reply(
-        ctx.t(
+        delete_inbound=True,
+        text=ctx.t(
             "identity.verified",
             name=ctx.user.real_name,
             id=ctx.user.id_number_masked,
             phone=ctx.user.phone_masked,
-        )
+        ),
     )
     return Step(AWAIT_METHOD, (done, *await prompt_method(ctx)))
 
@@ -501,18 +542,21 @@ async def _use_account(ctx: Ctx, method: PayoutMethod, account: str) -> Step:
     ctx.data["account_id"] = row.id
     return Step(
         AWAIT_PAYOUT_CONFIRM,
-        (Reply(ctx.t("payout.account_saved")), *await prompt_payout_confirm(ctx)),
+        (
+            Reply(ctx.t("payout.account_saved"), delete_inbound=True),
+            *await prompt_payout_confirm(ctx),
+        ),
     )
 
 
 async def on_payout_confirm(ctx: Ctx) -> Step:
-    choice = ctx.inbound.option
+    choice = _action(ctx)
     order = await ctx.uow.orders.get(int(ctx.data["order_id"]))
     if choice == "pay.change":
         return Step(AWAIT_METHOD, await prompt_method(ctx))
     if choice == "pay.cancel":
-        if order.status in (OrderStatus.QUOTED, OrderStatus.ACCEPTED):
-            await sale.cancel_order(ctx.uow, ctx.deps, order, f"user:{ctx.user.id}")
+        assert order.id is not None
+        await sale.cancel_order(ctx.uow, ctx.deps, order.id, f"user:{ctx.user.id}")
         _clear_sale(ctx)
         return Step(START, (Reply(ctx.t("sell.cancelled")), *await prompt_start(ctx)))
     account = await ctx.uow.payout_accounts.get(int(ctx.data["account_id"]))
@@ -576,71 +620,55 @@ def _retry_payout(ctx: Ctx, order: Order, account_id: int | None) -> Step:
     )
 
 
-async def settlement_outcome(services: Any, t: Any, order: Order) -> AfterCommit:
+async def settlement_outcome(services: Services, t: Translator, order: Order) -> AfterCommit:
     """What the user hears once settlement has gone as far as it can for now."""
-    catalog = services.sale.catalog
-    menu = Reply(
-        t("menu.prompt"),
-        (
-            Option("menu.sell", t("menu.sell")),
-            Option("menu.prices", t("menu.prices")),
-            Option("menu.orders", t("menu.orders")),
-            Option("menu.help", t("menu.help")),
-        ),
-    )
+    assert order.id is not None
     if order.status is OrderStatus.SETTLED:
-        assert order.id is not None
         async with services.uow_factory() as uow:
             receipt = await sale.receipt_for(uow, order.id)
+        text = render.receipt_text(t, services.sale.catalog, receipt)
         return AfterCommit(
-            (
-                Reply(t("pay.done", amount=yuan(order.payout_fen))),
-                Reply(render.receipt_text(t, catalog, receipt)),
-                menu,
-            ),
+            (Reply(t("pay.done", amount=yuan(order.payout_fen))), Reply(text), menu(t)),
             to=START,
             data=_cleared_data(),
         )
     if order.status is OrderStatus.PAYOUT_FAILED:
         async with services.uow_factory() as uow:
-            payout = await uow.payouts.for_order(order.id or 0)
-        reason = payout.failure_reason if payout else None
+            payout = await uow.payouts.for_order(order.id)
+        reason = render.payout_failure(t, payout.failure_reason if payout else None)
+        methods = tuple(Option(f"method.{m.value}", t(f"method.{m.value}")) for m in PayoutMethod)
         return AfterCommit(
             (
-                Reply(
-                    t(
-                        "pay.failed",
-                        order=order.number,
-                        reason=t(f"payout_failure.{reason}") if reason else "-",
-                    )
-                ),
-                Reply(
-                    t("payout.ask_method_again"),
-                    tuple(
-                        Option(f"method.{m.value}", t(f"method.{m.value}")) for m in PayoutMethod
-                    ),
-                ),
+                Reply(t("pay.failed", order=order.number, reason=reason)),
+                Reply(t("payout.ask_method_again"), methods),
             ),
             to=AWAIT_METHOD,
-            data={},
+            data={**_cleared_data(), "order_id": order.id},
         )
     if order.status is OrderStatus.CANCELLED:
         return AfterCommit(
-            (Reply(t("pay.card_changed", order=order.number)), menu),
+            (Reply(t("pay.card_refused", order=order.number)), menu(t)),
             to=START,
             data=_cleared_data(),
         )
+    # Still approved (the issuer is down) or paying (the provider has not confirmed): it will
+    # be finished in the background and the user told.
     return AfterCommit(
-        (Reply(t("pay.pending", order=order.number)), menu), to=START, data=_cleared_data()
+        (Reply(t("pay.pending", order=order.number)), menu(t)), to=START, data=_cleared_data()
     )
 
 
-def _cleared_data() -> dict[str, Any]:
+def _cleared_data() -> dict[str, object]:
     return {"card_id": None, "order_id": None, "account_id": None, "method": None}
 
 
 # --------------------------------------------------------------------------------------------
 # Small helpers: values that must survive between messages are sealed with the vault
+
+
+def _action(ctx: Ctx) -> str:
+    """An option's action without the ids it carries (``pay.confirm:12:3`` → ``pay.confirm``)."""
+    return str(ctx.inbound.option).split(":", 1)[0]
 
 
 def _seal(ctx: Ctx, value: str) -> str:
@@ -703,6 +731,9 @@ PROMPTS = {
 }
 
 
+SENSITIVE = frozenset({AWAIT_SECRET, AWAIT_ID, AWAIT_PHONE, AWAIT_ACCOUNT})
+
+
 def sell_flow() -> Flow:
     """The sell conversation as one table."""
-    return Flow(table=TABLE, commands=COMMANDS, prompts=PROMPTS)
+    return Flow(table=TABLE, commands=COMMANDS, prompts=PROMPTS, sensitive=SENSITIVE)

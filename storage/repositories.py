@@ -527,6 +527,25 @@ class SqlAlchemyOrderRepository:
         """An order by id; raises KeyError."""
         return _order(await _get_row(self._session, OrderRow, order_id, "order"))
 
+    async def lock(self, order_id: int) -> Order:
+        """An order, freshly read and locked until the unit of work ends (PostgreSQL: SELECT
+        ... FOR UPDATE; SQLite: every unit of work already holds the write lock)."""
+        row = await self._session.get(
+            OrderRow, order_id, with_for_update=True, populate_existing=True
+        )
+        if row is None:
+            raise KeyError(f"order {order_id} not found")
+        return _order(row)
+
+    async def with_status(self, statuses: Sequence[OrderStatus]) -> Sequence[Order]:
+        """Every order in one of the statuses, oldest first."""
+        result = await self._session.scalars(
+            select(OrderRow)
+            .where(OrderRow.status.in_([s.value for s in statuses]))
+            .order_by(OrderRow.id)
+        )
+        return [_order(row) for row in result]
+
     async def update(self, order: Order) -> None:
         """Store changed fields (status, risk, payout account, timestamps)."""
         row = await _get_row(self._session, OrderRow, _require_id(order.id, "order"), "order")

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from core.model import PayoutState
+from core.ports import PayoutRequest, PayoutResult
 
 
 class FakeClock:
@@ -16,3 +21,82 @@ class FakeClock:
 
     def advance(self, **delta: float) -> None:
         self._now += timedelta(**delta)
+
+
+class ScriptedIssuer:
+    """Wraps a real issuer; ``redeem`` first raises the scripted errors, one per call."""
+
+    def __init__(self, inner: Any, redeem_errors: list[Exception] | None = None) -> None:
+        self.inner = inner
+        self.redeem_errors = list(redeem_errors or [])
+
+    async def verify(self, brand: str, number: str, secret: str | None) -> Any:
+        return await self.inner.verify(brand, number, secret)
+
+    async def redeem(
+        self, brand: str, number: str, secret: str | None, amount_fen: int, reference: str
+    ) -> Any:
+        if self.redeem_errors:
+            raise self.redeem_errors.pop(0)
+        return await self.inner.redeem(brand, number, secret, amount_fen, reference)
+
+
+class ScriptedGateway:
+    """A payout provider whose answers are scripted: each entry is a PayoutState or an
+    exception; once a script runs out, transfers succeed and queries report the last state."""
+
+    def __init__(
+        self,
+        transfer: list[PayoutState | Exception] | None = None,
+        query: list[PayoutState | Exception] | None = None,
+    ) -> None:
+        self.transfer_script = list(transfer or [])
+        self.query_script = list(query or [])
+        self.sent: list[str] = []
+        self.state: dict[str, PayoutState] = {}
+
+    async def transfer(self, request: PayoutRequest) -> PayoutResult:
+        self.sent.append(request.reference)
+        step = self.transfer_script.pop(0) if self.transfer_script else PayoutState.SUCCEEDED
+        if isinstance(step, Exception):
+            raise step
+        self.state[request.reference] = step
+        return self._result(request.reference, step)
+
+    async def query(self, reference: str) -> PayoutResult:
+        step = (
+            self.query_script.pop(0)
+            if self.query_script
+            else self.state.get(reference, PayoutState.UNKNOWN)
+        )
+        if isinstance(step, Exception):
+            raise step
+        self.state[reference] = step
+        return self._result(reference, step)
+
+    def transfers(self) -> list[dict[str, Any]]:
+        return [{"reference": r, "state": s.value} for r, s in self.state.items()]
+
+    @staticmethod
+    def _result(reference: str, state: PayoutState) -> PayoutResult:
+        failed = state is PayoutState.FAILED
+        return PayoutResult(
+            reference,
+            state,
+            provider_txn_id=None if failed else f"TXN-{reference}",
+            failure_reason="PAYEE_NOT_EXIST" if failed else None,
+        )
+
+
+class GatedReader:
+    """A photo reader that waits until told to go on: a slow photo, on demand."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def read(self, image: bytes) -> Any:
+        self.entered.set()
+        await self.release.wait()
+        return await self.inner.read(image)

@@ -113,10 +113,14 @@ class Harness:
 
     def option_number(self, option_id: str) -> int:
         for reply in reversed(self.last):
-            ids = [o.id for o in reply.options]
+            ids = [o.id.split(":", 1)[0] for o in reply.options]  # ids may carry object ids
             if option_id in ids:
                 return ids.index(option_id) + 1
         raise AssertionError(f"{option_id!r} not offered; last: {self.text()}")
+
+    def option_id(self, action: str) -> str:
+        """The full id (with the ids it carries) of the option on screen for an action."""
+        return next(o.id for r in self.last for o in r.options if o.id.split(":", 1)[0] == action)
 
     async def choose(self, option_id: str) -> list[Reply]:
         return await self.say(str(self.option_number(option_id)))

@@ -178,7 +178,7 @@ async def test_the_same_message_delivered_twice_has_one_effect(harness: Harness)
         chat_id=harness.user,
         message_id="redelivered-1",
         language="zh",
-        option="quote.accept",
+        option=harness.option_id("quote.accept"),
     )
     first = await harness.send(accept)
     assert first
@@ -188,7 +188,7 @@ async def test_the_same_message_delivered_twice_has_one_effect(harness: Harness)
     harness.last = first  # what the user has on screen
 
     await play(harness, SCRIPT[5:11])
-    confirm = replace(accept, message_id="redelivered-2", option="pay.confirm")
+    confirm = replace(accept, message_id="redelivered-2", option=harness.option_id("pay.confirm"))
     assert await harness.send(confirm)
     assert await harness.send(confirm) == []
     [order] = await harness.orders()
