@@ -670,6 +670,14 @@ async def _send_payout(uow_factory: UnitOfWorkFactory, deps: SaleDeps, order_id:
     await _record_payout_outcome(uow_factory, deps, order_id, result)
 
 
+# A final provider answer: the ledger transaction it posts, the order's new status, the audit
+# action. Success posts the reserved money out; a confirmed failure voids the reserve.
+_FINAL_OUTCOMES = {
+    PayoutState.SUCCEEDED: (ledger.payout_post, OrderStatus.SETTLED, "payout.succeeded"),
+    PayoutState.FAILED: (ledger.payout_void, OrderStatus.PAYOUT_FAILED, "payout.failed"),
+}
+
+
 async def _record_payout_outcome(
     uow_factory: UnitOfWorkFactory, deps: SaleDeps, order_id: int, result: PayoutResult | None
 ) -> None:
@@ -693,33 +701,24 @@ async def _record_payout_outcome(
             failure_reason=result.failure_reason if result else None,
         )
         await uow.payouts.update(payout)
-        if state is PayoutState.SUCCEEDED:
+        final = _FINAL_OUTCOMES.get(state)
+        if final is not None:
+            build_txn, order_status, action = final
             await uow.ledger.post(
-                ledger.payout_post(order_id, order.user_id, payout.method, payout.amount_fen, now)
+                build_txn(order_id, order.user_id, payout.method, payout.amount_fen, now)
             )
-            await uow.orders.update(transition(order, OrderStatus.SETTLED, now))
+            await uow.orders.update(transition(order, order_status, now))
             await uow.audit.append(
                 now,
                 "settlement",
-                "payout.succeeded",
+                action,
                 f"order:{order_id}",
                 {
                     "reference": payout.reference,
                     "provider_txn_id": payout.provider_txn_id,
+                    "reason": payout.failure_reason,
                     "amount_fen": payout.amount_fen,
                 },
-            )
-        elif state is PayoutState.FAILED:
-            await uow.ledger.post(
-                ledger.payout_void(order_id, order.user_id, payout.method, payout.amount_fen, now)
-            )
-            await uow.orders.update(transition(order, OrderStatus.PAYOUT_FAILED, now))
-            await uow.audit.append(
-                now,
-                "settlement",
-                "payout.failed",
-                f"order:{order_id}",
-                {"reference": payout.reference, "reason": payout.failure_reason},
             )
         await uow.commit()
 

@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import CursorResult, Insert, Table, func, literal_column, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -55,6 +55,7 @@ from storage.tables import (
 )
 
 RowT = TypeVar("RowT", bound=Base)
+RecordT = TypeVar("RecordT")
 
 # Core views of two tables that are used without the ORM (no identity map in the way).
 CONVERSATIONS: Table = metadata.tables[ConversationRow.__tablename__]
@@ -100,6 +101,53 @@ def _require_id(record_id: int | None, what: str) -> int:
     if record_id is None:
         raise ValueError(f"{what} has no id: add it before updating")
     return record_id
+
+
+class _Records(Generic[RecordT, RowT]):
+    """Insert, get and update of one kind of record kept in one table, by id."""
+
+    row_type: type[RowT]
+    what: str
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    def _record(self, row: RowT) -> RecordT:
+        raise NotImplementedError
+
+    def _values(self, record: RecordT) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def _insert(self, record: RecordT, conflict: str | None = None) -> RecordT:
+        """Insert; with ``conflict``, a unique-constraint clash is ConcurrentUpdate(conflict)
+        and the unit of work stays usable."""
+        row = self.row_type(**self._values(record))
+        if conflict is None:
+            self._session.add(row)
+            await self._session.flush()
+            return self._record(row)
+        try:
+            async with self._session.begin_nested():
+                self._session.add(row)
+                await self._session.flush()
+        except SqlIntegrityError as exc:
+            raise ConcurrentUpdate(conflict) from exc
+        return self._record(row)
+
+    async def _row(self, record_id: int | None) -> RowT:
+        return await _get_row(
+            self._session, self.row_type, _require_id(record_id, self.what), self.what
+        )
+
+    async def get(self, record_id: int) -> RecordT:
+        """A record by id; raises KeyError."""
+        return self._record(await self._row(record_id))
+
+    async def _store(self, record_id: int | None, values: dict[str, Any]) -> None:
+        row = await self._row(record_id)
+        for name, value in values.items():
+            setattr(row, name, value)
+        await self._session.flush()
 
 
 # --------------------------------------------------------------------------------------------
@@ -385,27 +433,22 @@ def _card_values(card: Card) -> dict[str, Any]:
     }
 
 
-class SqlAlchemyCardRepository:
-    def __init__(self, session: AsyncSession) -> None:
-        self._session = session
+class SqlAlchemyCardRepository(_Records[Card, CardRow]):
+    row_type, what = CardRow, "card"
+
+    def _record(self, row: CardRow) -> Card:
+        return _card(row)
+
+    def _values(self, record: Card) -> dict[str, Any]:
+        return _card_values(record)
 
     async def add(self, card: Card) -> Card:
         """Insert a card; returns it with its id."""
-        row = CardRow(**_card_values(card))
-        self._session.add(row)
-        await self._session.flush()
-        return _card(row)
-
-    async def get(self, card_id: int) -> Card:
-        """A card by id; raises KeyError."""
-        return _card(await _get_row(self._session, CardRow, card_id, "card"))
+        return await self._insert(card)
 
     async def update(self, card: Card) -> None:
         """Store changed fields of a card."""
-        row = await _get_row(self._session, CardRow, _require_id(card.id, "card"), "card")
-        for name, value in _card_values(card).items():
-            setattr(row, name, value)
-        await self._session.flush()
+        await self._store(card.id, _card_values(card))
 
 
 def _quote(row: QuoteRow) -> Quote:
@@ -430,9 +473,11 @@ def _quote(row: QuoteRow) -> Quote:
     )
 
 
-class SqlAlchemyQuoteRepository:
-    def __init__(self, session: AsyncSession) -> None:
-        self._session = session
+class SqlAlchemyQuoteRepository(_Records[Quote, QuoteRow]):
+    row_type, what = QuoteRow, "quote"
+
+    def _record(self, row: QuoteRow) -> Quote:
+        return _quote(row)
 
     async def add(self, quote: Quote) -> Quote:
         """Insert a quote; returns it with its id."""
@@ -457,10 +502,6 @@ class SqlAlchemyQuoteRepository:
         self._session.add(row)
         await self._session.flush()
         return _quote(row)
-
-    async def get(self, quote_id: int) -> Quote:
-        """A quote by id; raises KeyError."""
-        return _quote(await _get_row(self._session, QuoteRow, quote_id, "quote"))
 
 
 def _order(row: OrderRow) -> Order:
@@ -512,20 +553,18 @@ def _order_values(order: Order) -> dict[str, Any]:
     }
 
 
-class SqlAlchemyOrderRepository:
-    def __init__(self, session: AsyncSession) -> None:
-        self._session = session
+class SqlAlchemyOrderRepository(_Records[Order, OrderRow]):
+    row_type, what = OrderRow, "order"
+
+    def _record(self, row: OrderRow) -> Order:
+        return _order(row)
+
+    def _values(self, record: Order) -> dict[str, Any]:
+        return _order_values(record)
 
     async def add(self, order: Order) -> Order:
         """Insert an order; returns it with its id."""
-        row = OrderRow(**_order_values(order))
-        self._session.add(row)
-        await self._session.flush()
-        return _order(row)
-
-    async def get(self, order_id: int) -> Order:
-        """An order by id; raises KeyError."""
-        return _order(await _get_row(self._session, OrderRow, order_id, "order"))
+        return await self._insert(order)
 
     async def lock(self, order_id: int) -> Order:
         """An order, freshly read and locked until the unit of work ends (PostgreSQL: SELECT
@@ -548,10 +587,7 @@ class SqlAlchemyOrderRepository:
 
     async def update(self, order: Order) -> None:
         """Store changed fields (status, risk, payout account, timestamps)."""
-        row = await _get_row(self._session, OrderRow, _require_id(order.id, "order"), "order")
-        for name, value in _order_values(order).items():
-            setattr(row, name, value)
-        await self._session.flush()
+        await self._store(order.id, _order_values(order))
 
     async def for_user(self, user_id: int, limit: int = 10) -> Sequence[Order]:
         """A user's orders, newest first."""
@@ -632,41 +668,25 @@ def _payout_account_values(account: PayoutAccount) -> dict[str, Any]:
     }
 
 
-class SqlAlchemyPayoutAccountRepository:
-    def __init__(self, session: AsyncSession) -> None:
-        self._session = session
+class SqlAlchemyPayoutAccountRepository(_Records[PayoutAccount, PayoutAccountRow]):
+    row_type, what = PayoutAccountRow, "payout account"
+
+    def _record(self, row: PayoutAccountRow) -> PayoutAccount:
+        return _payout_account(row)
+
+    def _values(self, record: PayoutAccount) -> dict[str, Any]:
+        return _payout_account_values(record)
 
     async def add(self, account: PayoutAccount) -> PayoutAccount:
         """Insert; returns it with its id. One row per (user, method, account fingerprint):
         a duplicate (say, added at the same time by another process) is ConcurrentUpdate."""
-        row = PayoutAccountRow(**_payout_account_values(account))
-        try:
-            async with self._session.begin_nested():
-                self._session.add(row)
-                await self._session.flush()
-        except SqlIntegrityError as exc:
-            raise ConcurrentUpdate(
-                f"user {account.user_id} already has this {account.method.value} account"
-            ) from exc
-        return _payout_account(row)
-
-    async def get(self, account_id: int) -> PayoutAccount:
-        """By id; raises KeyError."""
-        return _payout_account(
-            await _get_row(self._session, PayoutAccountRow, account_id, "payout account")
+        return await self._insert(
+            account, conflict=f"user {account.user_id} already has this {account.method} account"
         )
 
     async def update(self, account: PayoutAccount) -> None:
         """Store last_used_at (and the ciphertext, which is written after the id is known)."""
-        row = await _get_row(
-            self._session,
-            PayoutAccountRow,
-            _require_id(account.id, "payout account"),
-            "payout account",
-        )
-        for name, value in _payout_account_values(account).items():
-            setattr(row, name, value)
-        await self._session.flush()
+        await self._store(account.id, _payout_account_values(account))
 
     async def for_user(self, user_id: int) -> Sequence[PayoutAccount]:
         """A user's payout accounts, most recently used (or, if never used, added) first."""
