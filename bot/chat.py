@@ -11,17 +11,18 @@ from bot.app import build_app
 from bot.console import ConsoleChannel, ConsoleNotifier
 from bot.logs import configure_logging
 from bot.settings import Settings
+from handlers.engine import Services
 from handlers.notify import finish_unfinished
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 5.0
 
 
-async def _poll_unfinished(app_services: object, notifier: ConsoleNotifier) -> None:
+async def _poll_unfinished(services: Services, notifier: ConsoleNotifier) -> None:
     while True:
         await asyncio.sleep(POLL_SECONDS)
         try:
-            await finish_unfinished(app_services, notifier)  # type: ignore[arg-type]
+            await finish_unfinished(services, notifier)
         except Exception:
             log.exception("resuming unfinished payouts failed")
 

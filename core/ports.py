@@ -199,10 +199,6 @@ class UserRepository(Protocol):
         """Every channel identity of a user."""
         ...
 
-    async def find_by_id_number_fp(self, id_number_fp: str) -> Sequence[User]:
-        """Users who registered a resident ID with this fingerprint."""
-        ...
-
 
 class ConsentRepository(Protocol):
     async def add(self, consent: Consent) -> Consent:
@@ -315,10 +311,6 @@ class PayoutRepository(Protocol):
 
     async def update(self, payout: Payout) -> None:
         """Store state, attempts, provider ids."""
-        ...
-
-    async def unfinished(self) -> Sequence[Payout]:
-        """Payouts in PENDING, UNKNOWN or PROCESSING, oldest first."""
         ...
 
 

@@ -344,13 +344,6 @@ class SqlAlchemyUserRepository:
         )
         return [_identity(row) for row in result]
 
-    async def find_by_id_number_fp(self, id_number_fp: str) -> Sequence[User]:
-        """Users who registered a resident ID with this fingerprint."""
-        result = await self._session.scalars(
-            select(UserRow).where(UserRow.id_number_fp == id_number_fp).order_by(UserRow.id)
-        )
-        return [_user(row) for row in result]
-
 
 def _consent(row: ConsentRow) -> Consent:
     return Consent(
@@ -731,9 +724,6 @@ def _payout(row: PayoutRow) -> Payout:
     )
 
 
-UNFINISHED_PAYOUT_STATES = (PayoutState.PENDING, PayoutState.UNKNOWN, PayoutState.PROCESSING)
-
-
 class SqlAlchemyPayoutRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
@@ -784,15 +774,6 @@ class SqlAlchemyPayoutRepository:
         row.failure_reason = payout.failure_reason
         row.updated_at = _utc(payout.updated_at)
         await self._session.flush()
-
-    async def unfinished(self) -> Sequence[Payout]:
-        """Payouts in PENDING, UNKNOWN or PROCESSING, oldest first."""
-        result = await self._session.scalars(
-            select(PayoutRow)
-            .where(PayoutRow.state.in_([state.value for state in UNFINISHED_PAYOUT_STATES]))
-            .order_by(PayoutRow.created_at, PayoutRow.id)
-        )
-        return [_payout(row) for row in result]
 
 
 # --------------------------------------------------------------------------------------------
