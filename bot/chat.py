@@ -10,21 +10,10 @@ import sys
 from bot.app import build_app
 from bot.console import ConsoleChannel, ConsoleNotifier
 from bot.logs import configure_logging
+from bot.runtime import poll_unfinished
 from bot.settings import Settings
-from handlers.engine import Services
-from handlers.notify import finish_unfinished
 
 log = logging.getLogger(__name__)
-POLL_SECONDS = 5.0
-
-
-async def _poll_unfinished(services: Services, notifier: ConsoleNotifier) -> None:
-    while True:
-        await asyncio.sleep(POLL_SECONDS)
-        try:
-            await finish_unfinished(services, notifier)
-        except Exception:
-            log.exception("resuming unfinished payouts failed")
 
 
 async def run_chat(settings: Settings, user_id: str, lang: str) -> int:
@@ -41,8 +30,7 @@ async def run_chat(settings: Settings, user_id: str, lang: str) -> int:
         "answer options with their number; Ctrl-D quits)"
     )
     print(hello, flush=True)
-    await finish_unfinished(app.services, notifier)
-    poller = asyncio.create_task(_poll_unfinished(app.services, notifier))
+    poller = asyncio.create_task(poll_unfinished(app.services, notifier))
     try:
         interactive = sys.stdin.isatty()
         while True:

@@ -32,6 +32,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     scan.add_argument("images", nargs="+")
     scan.add_argument("--json", action="store_true")
 
+    run_cmd = sub.add_parser("run", help="run the bots (Telegram, WeChat, or both)")
+    run_cmd.add_argument("channel", choices=("telegram", "wechat", "all"))
+    run_cmd.add_argument("--host", default="127.0.0.1", help="address of the HTTP server")
+    run_cmd.add_argument("--port", type=int, default=8080, help="port of the HTTP server")
+    run_cmd.add_argument(
+        "--webhook", metavar="URL", help="Telegram: receive updates at this URL (default: poll)"
+    )
+
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True)
     db_sub.add_parser("upgrade", help="apply migrations up to the newest")
@@ -60,6 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         upgrade(settings.resolved_database_url)
         print("database is up to date")
         return 0
+    if args.command == "run":
+        from bot.runtime import CHANNELS, RunOptions, run
+
+        channels = CHANNELS if args.channel == "all" else (args.channel,)
+        options = RunOptions(host=args.host, port=args.port, webhook=args.webhook)
+        return asyncio.run(run(settings, channels, options))
     if args.command == "chat":
         from bot.chat import run_chat
 

@@ -199,6 +199,11 @@ class UserRepository(Protocol):
         """Every channel identity of a user."""
         ...
 
+    async def set_reachable(self, channel: str, external_id: str, reachable: bool) -> bool:
+        """Mark a channel identity (un)reachable — blocked the bot, unfollowed; the next message
+        from it makes it reachable again. False when no such identity exists."""
+        ...
+
 
 class ConsentRepository(Protocol):
     async def add(self, consent: Consent) -> Consent:

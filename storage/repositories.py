@@ -321,6 +321,16 @@ class SqlAlchemyUserRepository:
         """A user by id; raises KeyError."""
         return _user(await _get_row(self._session, UserRow, user_id, "user"))
 
+    async def set_reachable(self, channel: str, external_id: str, reachable: bool) -> bool:
+        """Mark a channel identity (un)reachable; False when no such identity exists."""
+        identity = await self._identity_row(channel, external_id)
+        if identity is None:
+            return False
+        if identity.reachable != reachable:
+            identity.reachable = reachable
+            await self._session.flush()
+        return True
+
     async def update(self, user: User) -> None:
         """Store changed fields of a user."""
         row = await _get_row(self._session, UserRow, user.id, "user")

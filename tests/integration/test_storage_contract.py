@@ -327,6 +327,21 @@ class TestStorageContract:
             with pytest.raises(KeyError):
                 await uow.users.get(10_000)
 
+    async def test_an_identity_marked_unreachable_is_reachable_again_when_it_writes(
+        self, uow_factory: SqlAlchemyUnitOfWorkFactory
+    ) -> None:
+        async with uow_factory() as uow:
+            user, _ = await uow.users.for_channel("telegram", "55", "55", "zh", T0)
+            assert await uow.users.set_reachable("telegram", "55", False)
+            assert not await uow.users.set_reachable("telegram", "nobody", False)
+            await uow.commit()
+        async with uow_factory() as uow:
+            (identity,) = await uow.users.identities(user.id)
+            assert not identity.reachable
+            _, identity = await uow.users.for_channel("telegram", "55", "55", "zh", T0)
+            await uow.commit()
+        assert identity.reachable
+
     async def test_simultaneous_first_contacts_create_one_user(
         self, uow_factory: SqlAlchemyUnitOfWorkFactory
     ) -> None:

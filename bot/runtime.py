@@ -1,0 +1,164 @@
+"""``cardbot run``: the long-running bot process.
+
+One process serves one or more channels over one application (storage, ports, conversation):
+
+- each channel is a :class:`ChannelRunner` built by its package (``bot.telegram``,
+  ``bot.wechat``) from the app and the command-line options;
+- runners that receive pushes over HTTP (WeChat, the Telegram webhook) contribute routes to one
+  aiohttp server on ``--host``/``--port``; runners that pull (Telegram long polling) do it in
+  :meth:`ChannelRunner.serve`;
+- a background task finishes what is unfinished (late payout outcomes, settlements a crash left
+  half-way) and tells each user on their own channel through a :class:`RoutingNotifier`;
+- SIGINT/SIGTERM stop everything gracefully: servers stop accepting, runners drain, storage
+  closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from core.messages import Reply
+from core.ports import Notifier
+from handlers.engine import Services
+from handlers.notify import finish_unfinished
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from bot.app import App
+    from bot.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CHANNELS = ("telegram", "wechat")
+UNFINISHED_POLL_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What ``cardbot run`` was told on its command line."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    webhook: str | None = None  # Telegram: receive updates at this public URL instead of polling
+
+
+class ChannelRunner(Protocol):
+    """A channel inside a running bot process."""
+
+    channel: str
+    notifier: Notifier
+
+    def routes(self) -> Sequence[web.RouteDef]:
+        """HTTP routes this channel serves (pushes, webhooks); empty when it pulls."""
+        ...
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set (poll for updates, work queues), then return cleanly."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the runner holds (HTTP sessions)."""
+        ...
+
+
+RunnerFactory = Callable[["App", RunOptions], Awaitable[ChannelRunner]]
+
+
+class UnknownChannel(LookupError):
+    """A notification for a channel this process does not serve."""
+
+
+class RoutingNotifier:
+    """Sends each notification through the runner of the user's channel."""
+
+    def __init__(self, notifiers: Mapping[str, Notifier]) -> None:
+        self._notifiers = dict(notifiers)
+
+    async def notify(self, channel: str, user_key: str, reply: Reply) -> None:
+        notifier = self._notifiers.get(channel)
+        if notifier is None:
+            raise UnknownChannel(channel)
+        await notifier.notify(channel, user_key, reply)
+
+
+async def poll_unfinished(
+    services: Services, notifier: Notifier, every: float = UNFINISHED_POLL_SECONDS
+) -> None:
+    """Finish unfinished settlements now and then; never dies of one failure."""
+    while True:
+        try:
+            await finish_unfinished(services, notifier)
+        except Exception:
+            log.exception("resuming unfinished payouts failed")
+        await asyncio.sleep(every)
+
+
+def runner_factory(channel: str) -> RunnerFactory:
+    """The factory of a channel's runner: ``bot.<channel>.build_runner``."""
+    if channel not in CHANNELS:
+        raise ValueError(f"unknown channel {channel!r}")
+    module = importlib.import_module(f"bot.{channel}")
+    factory: RunnerFactory = module.build_runner
+    return factory
+
+
+async def run(settings: Settings, channels: Sequence[str], options: RunOptions) -> int:
+    """Serve ``channels`` until SIGINT/SIGTERM; returns the process exit code."""
+    from aiohttp import web
+
+    from bot.app import build_app
+    from bot.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.var_dir / "cardbot.log")
+    app = await build_app(settings)
+    runners: list[ChannelRunner] = []
+    site_runner: web.AppRunner | None = None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        for channel in channels:
+            runners.append(await runner_factory(channel)(app, options))
+        routes = [route for runner in runners for route in runner.routes()]
+        if routes:
+            web_app = web.Application(client_max_size=1024 * 1024)
+            web_app.add_routes(routes)
+            site_runner = web.AppRunner(web_app, access_log=None)
+            await site_runner.setup()
+            await web.TCPSite(site_runner, options.host, options.port).start()
+            log.info("serving HTTP on %s:%s", options.host, options.port)
+        notifier = RoutingNotifier({r.channel: r.notifier for r in runners})
+        tasks = [asyncio.create_task(r.serve(stop), name=f"serve-{r.channel}") for r in runners]
+        poller = asyncio.create_task(poll_unfinished(app.services, notifier), name="unfinished")
+        stopper = asyncio.create_task(stop.wait(), name="stop")
+        log.info("cardbot running: %s", ", ".join(channels))
+        done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+        failed = [t for t in done if t is not stopper and t.exception() is not None]
+        for task in failed:
+            log.error("%s stopped: %r", task.get_name(), task.exception())
+        stop.set()
+        poller.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await poller
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return 1 if failed else 0
+    finally:
+        if site_runner is not None:
+            await site_runner.cleanup()
+        for runner in runners:
+            try:
+                await runner.aclose()
+            except Exception:
+                log.exception("closing the %s runner failed", runner.channel)
+        await app.close()
+        log.info("cardbot stopped")
