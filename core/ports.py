@@ -170,8 +170,11 @@ class InboxRepository(Protocol):
 
 
 class ConversationRepository(Protocol):
-    async def get(self, channel: str, user_key: str) -> ConversationState | None:
-        """The conversation of a channel user, or None."""
+    async def get(
+        self, channel: str, user_key: str, lock: bool = False
+    ) -> ConversationState | None:
+        """The conversation of a channel user, or None; ``lock`` holds it (serialising the
+        person's messages) until the unit of work ends."""
         ...
 
     async def save(self, state: ConversationState) -> ConversationState:

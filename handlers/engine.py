@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 MAX_TEXT_CHARS = 2000
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+# How often a message is handled again when another message of the same person won a race.
+CONCURRENT_ATTEMPTS = 5
 START = "start"
 
 # Words people type instead of commands, in both languages.
@@ -148,10 +150,47 @@ class Conversation:
             return [Reply(t("error.internal"))]
 
     async def _handle(self, inbound: Inbound) -> list[Reply]:
-        clock = self.services.sale.clock
         # Reading a photo is slow and needs no database: do it before the transaction opens,
         # so one person's photo never holds up anyone else.
         reading = await self._read_photo(inbound)
+        for attempt in range(1, CONCURRENT_ATTEMPTS + 1):
+            try:
+                outcome = await self._transact(inbound, reading)
+                break
+            except ConcurrentUpdate:
+                # Another message of the same person changed the conversation first (a double
+                # tap, a retried push). Nothing of ours was kept: handle it again on top.
+                if attempt == CONCURRENT_ATTEMPTS:
+                    raise
+                log.info("inbound %s/%s raced; again", inbound.channel, inbound.message_id)
+        if not isinstance(outcome, Step):
+            return outcome
+        step = outcome
+        replies = list(step.replies)
+        if step.after_commit is not None:
+            try:
+                after = await step.after_commit()
+            except Exception as exc:
+                # The step itself is committed; what follows is resumable and will be resumed.
+                log.error(
+                    "after-commit work for %s/%s failed: %s",
+                    inbound.channel,
+                    inbound.message_id,
+                    type(exc).__name__,
+                    exc_info=True,
+                )
+                return [
+                    *replies,
+                    Reply(Translator(resolve_language(inbound.language))("error.after_commit")),
+                ]
+            await apply_outcome(self.services, inbound.channel, inbound.user_id, after)
+            replies.extend(after.replies)
+        return replies
+
+    async def _transact(self, inbound: Inbound, reading: CardReading | None) -> Step | list[Reply]:
+        """The message's effect in one transaction: the committed step, or the final replies
+        (none for a redelivery; a refusal's)."""
+        clock = self.services.sale.clock
         async with self.services.uow_factory() as uow:
             if not await uow.inbox.claim(inbound.channel, inbound.message_id, clock.now()):
                 log.info("inbound %s/%s is a redelivery", inbound.channel, inbound.message_id)
@@ -166,26 +205,7 @@ class Conversation:
                 return await self._refuse(uow, inbound, before, refusal)
             await self._save(ctx, step)
             await uow.commit()
-        replies = list(step.replies)
-        if step.after_commit is not None:
-            try:
-                outcome = await step.after_commit()
-            except Exception as exc:
-                # The step itself is committed; what follows is resumable and will be resumed.
-                log.error(
-                    "after-commit work for %s/%s failed: %s",
-                    inbound.channel,
-                    inbound.message_id,
-                    type(exc).__name__,
-                    exc_info=True,
-                )
-                return [
-                    *replies,
-                    Reply(Translator(resolve_language(inbound.language))("error.after_commit")),
-                ]
-            await apply_outcome(self.services, inbound.channel, inbound.user_id, outcome)
-            replies.extend(outcome.replies)
-        return replies
+        return step
 
     async def _read_photo(self, inbound: Inbound) -> CardReading | None:
         payload = inbound.image if inbound.image is not None else inbound.document
@@ -202,7 +222,8 @@ class Conversation:
         if inbound.language and resolve_language(inbound.language) != user.language:
             user = replace(user, language=resolve_language(inbound.language))
             await uow.users.update(user)
-        state = await uow.conversations.get(inbound.channel, inbound.user_id)
+        # One message of a person at a time, whichever process has it: the others wait here.
+        state = await uow.conversations.get(inbound.channel, inbound.user_id, lock=True)
         if state is None:
             state = ConversationState(inbound.channel, inbound.user_id, START)
         ctx = Ctx(
@@ -332,7 +353,7 @@ async def apply_outcome(
     if outcome.to is None and outcome.data is None and not outcome.replies:
         return
     async with services.uow_factory() as uow:
-        state = await uow.conversations.get(channel, user_key)
+        state = await uow.conversations.get(channel, user_key, lock=True)
         if state is None:
             state = ConversationState(channel, user_key, START)
         busy_elsewhere = (

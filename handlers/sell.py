@@ -38,6 +38,7 @@ AWAIT_METHOD = "await_method"
 AWAIT_ACCOUNT = "await_account"
 AWAIT_BANK_CONFIRM = "await_bank_confirm"
 AWAIT_PAYOUT_CONFIRM = "await_payout_confirm"
+AWAIT_SETTLEMENT = "await_settlement"  # confirmed; the card is being redeemed and paid out
 
 MAX_SECRET_ATTEMPTS = 3
 
@@ -173,6 +174,12 @@ async def prompt_payout_confirm(ctx: Ctx) -> tuple[Reply, ...]:
             ),
         ),
     )
+
+
+async def prompt_settlement(ctx: Ctx) -> tuple[Reply, ...]:
+    order = await ctx.uow.orders.get(int(ctx.data["order_id"]))
+    text = ctx.t("pay.in_progress", order=order.number, amount=yuan(order.payout_fen))
+    return (Reply(text, (Option(f"pay.status:{order.id}", ctx.t("pay.status")),)),)
 
 
 # --------------------------------------------------------------------------------------------
@@ -595,9 +602,18 @@ def _settle_step(ctx: Ctx, order: Order) -> Step:
         after = await sale.settle(services.uow_factory, services.sale, order_id)
         return await settlement_outcome(services, t, after)
 
+    # Confirming is done: until settlement answers, the confirm button is gone for good (a
+    # second tap, or a tap racing the first, hears that the payout is under way).
     return Step(
-        AWAIT_PAYOUT_CONFIRM, (Reply(ctx.t("pay.sending", order=order.number)),), after_commit=pay
+        AWAIT_SETTLEMENT, (Reply(ctx.t("pay.sending", order=order.number)),), after_commit=pay
     )
+
+
+async def on_settlement_status(ctx: Ctx) -> Step:
+    """Where is my money? Settlement is idempotent: carry it on as far as it goes now (after a
+    restart cut it short, this finishes it) and say where it stands."""
+    order = await ctx.uow.orders.get(int(ctx.data["order_id"]))
+    return _settle_step(ctx, order)
 
 
 def _retry_payout(ctx: Ctx, order: Order, account_id: int | None) -> Step:
@@ -614,7 +630,7 @@ def _retry_payout(ctx: Ctx, order: Order, account_id: int | None) -> Step:
         return await settlement_outcome(services, t, after)
 
     return Step(
-        AWAIT_PAYOUT_CONFIRM,
+        AWAIT_SETTLEMENT,
         (Reply(ctx.t("pay.sending", order=order.number)),),
         after_commit=pay_again,
     )
@@ -703,6 +719,7 @@ TABLE: dict[tuple[str, InputKind], StepHandler] = {
     (AWAIT_ACCOUNT, TEXT): on_account,
     (AWAIT_BANK_CONFIRM, CHOICE): on_bank_confirm,
     (AWAIT_PAYOUT_CONFIRM, CHOICE): on_payout_confirm,
+    (AWAIT_SETTLEMENT, CHOICE): on_settlement_status,
 }
 
 COMMANDS: dict[str, StepHandler] = {
@@ -728,6 +745,7 @@ PROMPTS = {
     AWAIT_ACCOUNT: prompt_account,
     AWAIT_BANK_CONFIRM: prompt_bank_confirm,
     AWAIT_PAYOUT_CONFIRM: prompt_payout_confirm,
+    AWAIT_SETTLEMENT: prompt_settlement,
 }
 
 

@@ -188,12 +188,14 @@ class SqlAlchemyConversationRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
 
-    async def get(self, channel: str, user_key: str) -> ConversationState | None:
-        """The conversation of a channel user, or None."""
+    async def get(
+        self, channel: str, user_key: str, lock: bool = False
+    ) -> ConversationState | None:
+        """The conversation of a channel user, or None; ``lock`` holds it until the unit of
+        work ends (PostgreSQL: FOR UPDATE; SQLite: every unit of work holds the write lock)."""
         table = CONVERSATIONS
-        result = await self._session.execute(
-            select(table).where(table.c.channel == channel, table.c.user_key == user_key)
-        )
+        query = select(table).where(table.c.channel == channel, table.c.user_key == user_key)
+        result = await self._session.execute(query.with_for_update() if lock else query)
         row = result.one_or_none()
         return None if row is None else _conversation(row)
 

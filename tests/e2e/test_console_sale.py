@@ -46,7 +46,7 @@ async def sell_until_quote(h: Harness, photo: Path, secret: str) -> None:
     await h.say(secret)
 
 
-async def identity_and_payout(h: Harness, account: str = ALIPAY) -> None:
+async def identity_and_payout(h: Harness, account: str = ALIPAY, confirm: bool = True) -> None:
     await h.choose("quote.accept")
     await h.choose("consent.yes")
     await h.say(NAME)
@@ -54,7 +54,8 @@ async def identity_and_payout(h: Harness, account: str = ALIPAY) -> None:
     await h.say(PHONE)
     await h.choose("method.alipay")
     await h.say(account)
-    await h.choose("pay.confirm")
+    if confirm:
+        await h.choose("pay.confirm")
 
 
 # --------------------------------------------------------------------------------------------
