@@ -48,6 +48,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     audit_sub.add_parser("verify", help="check the hash chain; exit 0 when intact")
 
+    keys = sub.add_parser("keys", help="data keys: status, rotation (see bot/keys.py)")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    keys_sub.add_parser("status", help="open every sealed value; which key each needs")
+    keys_sub.add_parser("rotate", help="new primary key; re-encrypt every sealed value")
+    keys_sub.add_parser("prune", help="after rotate and a restart: remove the old keys")
+    keys_sub.add_parser("fingerprint-key", help="print the fingerprint key (operator secret)")
+
     orders = sub.add_parser("orders", help="orders, newest first")
     orders.add_argument("--json", action="store_true")
     orders.add_argument("--limit", type=int, default=100)
@@ -84,6 +91,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(run_demo(args.lang, args.dir))
     if args.command == "audit":
         return asyncio.run(_audit_verify(settings))
+    if args.command == "keys":
+        from bot import keys as key_commands
+
+        if args.keys_command == "fingerprint-key":
+            return key_commands.fingerprint_key(settings)
+        command = {
+            "status": key_commands.status,
+            "rotate": key_commands.rotate,
+            "prune": key_commands.prune,
+        }[args.keys_command]
+        return asyncio.run(command(settings))
     if args.command == "orders":
         return asyncio.run(_orders(settings, bool(args.json), int(args.limit)))
     parser.error(f"unknown command {args.command}")

@@ -68,6 +68,7 @@ from core.risk import (
     shanghai_date,
     shanghai_day_bounds,
 )
+from core.sealing import account_context, card_context, user_context
 
 log = logging.getLogger(__name__)
 
@@ -133,11 +134,6 @@ class Receipt:
 
 # --------------------------------------------------------------------------------------------
 # Cards, verification and quotes
-
-
-def card_context(card_id: int, field: str) -> str:
-    """Associated data binding a card ciphertext to its row and field."""
-    return f"card.{field}:{card_id}"
 
 
 async def capture_card(uow: UnitOfWork, deps: SaleDeps, user: User, text: str) -> Card:
@@ -411,14 +407,13 @@ async def verify_identity(
     now = deps.clock.now()
     rid = parse_resident_id(id_number, shanghai_date(now))
     phone = normalize_phone(phone)
-    ctx = f"user:{user.id}"
     user = replace(
         user,
         real_name=validate_real_name(name),
-        id_number_enc=deps.vault.encrypt(rid.number, f"{ctx}.id_number"),
+        id_number_enc=deps.vault.encrypt(rid.number, user_context(user.id, "id_number")),
         id_number_fp=deps.vault.fingerprint("id_number", rid.number),
         id_number_masked=masking.mask_id_number(rid.number),
-        phone_enc=deps.vault.encrypt(phone, f"{ctx}.phone"),
+        phone_enc=deps.vault.encrypt(phone, user_context(user.id, "phone")),
         phone_masked=masking.mask_phone(phone),
         verified_at=now,
         kyc_level=max(user.kyc_level, 1),
@@ -426,9 +421,9 @@ async def verify_identity(
     await uow.users.update(user)
     await uow.audit.append(
         now,
-        ctx,
+        f"user:{user.id}",
         "identity.verified",
-        ctx,
+        f"user:{user.id}",
         {"level": 1, "id": user.id_number_masked, "phone": user.phone_masked},
     )
     return user
@@ -442,11 +437,6 @@ def normalize_account(method: PayoutMethod, text: str) -> tuple[str, bool]:
     if method is PayoutMethod.ALIPAY:
         return normalize_alipay_account(text), True
     return normalize_wechat_account(text), True
-
-
-def account_context(account_id: int) -> str:
-    """Associated data binding a payout account ciphertext to its row."""
-    return f"payout_account:{account_id}"
 
 
 async def add_payout_account(

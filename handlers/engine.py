@@ -21,6 +21,7 @@ from core.messages import Inbound, InputKind, Option, Reply
 from core.model import ConversationState, User
 from core.ports import CardReader, CardReading, UnitOfWork, UnitOfWorkFactory
 from core.sale import SaleDeps
+from core.sealing import conversation_context
 from handlers.i18n import Translator, resolve_language
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ class Ctx:
 
     def conversation_key(self) -> str:
         """Associated data for ciphertexts kept in this conversation's state."""
-        return f"conversation:{self.inbound.channel}:{self.inbound.user_id}"
+        return conversation_context(self.inbound.channel, self.inbound.user_id)
 
 
 StepHandler = Callable[[Ctx], Awaitable[Step]]

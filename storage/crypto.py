@@ -83,6 +83,8 @@ class AesGcmVault:
         self._ciphers: dict[bytes, AESGCM] = {}
         for key in keys:
             self._ciphers.setdefault(key_id(key), AESGCM(key))
+        # Derived from the oldest key: it changes if that key is ever removed (see rotation).
+        self.fingerprint_key_derived = fingerprint_key is None
         if fingerprint_key is None:
             fingerprint_key = derive_fingerprint_key(keys[-1])
         elif len(fingerprint_key) < KEY_BYTES:
@@ -117,6 +119,11 @@ class AesGcmVault:
             ) from None
         return plaintext.decode("utf-8")
 
+    @staticmethod
+    def key_of(blob: bytes) -> str:
+        """Hex id of the key a blob was sealed with (as ``primary_key_id``)."""
+        return bytes(blob[1:HEADER_BYTES]).hex()
+
     def needs_rewrap(self, blob: bytes) -> bool:
         """Whether the blob is under a key other than the primary."""
         header, _, _ = self._split(blob)
@@ -125,6 +132,15 @@ class AesGcmVault:
     def rewrap(self, blob: bytes, context: str) -> bytes:
         """Re-encrypt a blob under the primary key (after rotation), same context."""
         return self.encrypt(self.decrypt(blob, context), context)
+
+    @property
+    def key_ids(self) -> list[str]:
+        """Hex ids of every key that can open blobs, the primary first."""
+        return [k.hex() for k in self._ciphers]
+
+    def export_fingerprint_key(self) -> str:
+        """The fingerprint key, base64 — for an operator pinning it before a rotation."""
+        return _encode_key(self._fingerprint_key)
 
     def fingerprint(self, kind: str, value: str) -> str:
         """Keyed HMAC-SHA256 (hex) of ``kind`` and an already normalised value."""
@@ -263,3 +279,60 @@ def load_vault(
         else None
     )
     return AesGcmVault(keys, fingerprint_key=explicit or file_fingerprint_key)
+
+
+# --------------------------------------------------------------------------------------------
+# Rotating the key file
+
+
+def _write_key_file(key_file: Path, content: dict[str, object]) -> None:
+    """Replace the key file atomically (0600, fsynced): a crash leaves the old or the new."""
+    temp = key_file.with_name(f".{key_file.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(content, handle, indent=2)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, key_file)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise
+
+
+def add_key_to_file(key_file: Path) -> str:
+    """Put a new random primary key in front of the key file's keys (the older ones stay, to
+    open what they sealed); pins the fingerprint key in the file if it was derived. Returns
+    the new key's id (hex)."""
+    keys, fingerprint = _read_key_file(key_file)
+    if fingerprint is None:
+        fingerprint = derive_fingerprint_key(keys[-1])
+    new = secrets.token_bytes(KEY_BYTES)
+    _write_key_file(
+        key_file,
+        {
+            "version": KEY_FILE_VERSION,
+            "keys": [_encode_key(k) for k in [new, *keys]],
+            "fingerprint_key": _encode_key(fingerprint),
+        },
+    )
+    return key_id(new).hex()
+
+
+def drop_old_keys_from_file(key_file: Path) -> int:
+    """Keep only the primary key in the key file; returns how many keys were dropped. Call it
+    only after every sealed value has been rewrapped (``cardbot keys rotate`` checks)."""
+    keys, fingerprint = _read_key_file(key_file)
+    if fingerprint is None:
+        fingerprint = derive_fingerprint_key(keys[-1])
+    _write_key_file(
+        key_file,
+        {
+            "version": KEY_FILE_VERSION,
+            "keys": [_encode_key(keys[0])],
+            "fingerprint_key": _encode_key(fingerprint),
+        },
+    )
+    return len(keys) - 1

@@ -54,8 +54,9 @@ from core.model import (
 from core.ports import PayoutRequest, PayoutResult
 from core.pricing import default_pricing
 from core.risk import RiskPolicy
-from core.sale import SaleDeps, account_context, card_context, resume_unfinished, settle
+from core.sale import SaleDeps, resume_unfinished, settle
 from core.sale import retry_failed_payout as retry_failed
+from core.sealing import account_context, card_context
 from storage.crypto import AesGcmVault
 from storage.db import SqlAlchemyUnitOfWorkFactory, make_engine
 from storage.tables import metadata
