@@ -16,6 +16,7 @@ import glob
 import io
 import math
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import barcode
@@ -24,7 +25,7 @@ import numpy as np
 from barcode.writer import ImageWriter
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-__all__ = ["render_card_photo"]
+__all__ = ["Shot", "render_card_photo", "render_hard_card_photo"]
 
 Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 
@@ -94,6 +95,80 @@ def render_card_photo(
     out = io.BytesIO()
     photo.save(out, format="JPEG", quality=90)
     return out.getvalue()
+
+
+@dataclass(frozen=True)
+class Shot:
+    """How a hard photo of a card is taken (the defaults are a decent phone photo).
+
+    Each field is one way real photos go wrong; tests combine them into the hard cases.
+    """
+
+    tilt_deg: float = 0.0  # card turned in the picture plane
+    keystone: float = 0.0  # 0–0.4: the phone leans, the card's far edge looks shorter
+    card_width_px: int = 1100  # how large the card appears: distance from the camera
+    canvas: tuple[int, int] = (1600, 1200)  # the photo's size (4000 × 3000 is 12 Mpx)
+    blur_px: float = 0.8  # defocus or shake, Gaussian radius in photo pixels
+    noise: float = 3.0  # sensor noise, standard deviation in grey levels
+    light: float = 1.0  # exposure: 0.25 is a dim room, 1.6 an overexposed one
+    glare: float = 0.0  # 0–1: a specular highlight's strength
+    glare_at: tuple[float, float] = (0.3, 0.3)  # its centre, as fractions of the card
+    jpeg_quality: int = 90  # chat apps recompress hard (WeChat ~ 40–60)
+
+
+def render_hard_card_photo(
+    number: str, shot: Shot, *, brand_name: str = "沃尔玛", face_value_text: str = "¥500.00"
+) -> bytes:
+    """A JPEG photo of a gift card taken as ``shot`` says; the barcode encodes ``number``.
+
+    Unlike ``render_card_photo`` nothing here is random except the sensor noise (seeded), so a
+    test names exactly the hardship it exercises.
+    """
+    if not number or not all(32 <= ord(ch) < 127 for ch in number):
+        raise ValueError("number must be non-empty printable ASCII (Code 128 set B)")
+    card = _draw_card(brand_name, number, face_value_text)
+    photo = _shoot(card, shot)
+    out = io.BytesIO()
+    photo.save(out, format="JPEG", quality=shot.jpeg_quality)
+    return out.getvalue()
+
+
+def _shoot(card: Image.Image, shot: Shot) -> Image.Image:
+    canvas_w, canvas_h = shot.canvas
+    scale = shot.card_width_px / card.width
+    half_w, half_h = card.width * scale / 2, card.height * scale / 2
+    corners = []
+    for x, y in ((-half_w, -half_h), (half_w, -half_h), (half_w, half_h), (-half_w, half_h)):
+        if y < 0:
+            x *= 1 - shot.keystone
+        corners.append((x, y))
+    angle = math.radians(shot.tilt_deg)
+    cos, sin = math.cos(angle), math.sin(angle)
+    placed = [
+        (canvas_w / 2 + x * cos - y * sin, canvas_h / 2 + x * sin + y * cos) for x, y in corners
+    ]
+    coefficients = _perspective_coefficients(placed, card.size)
+    warped = card.transform(
+        shot.canvas, Image.Transform.PERSPECTIVE, coefficients, Image.Resampling.BICUBIC
+    )
+    table = Image.new("RGBA", shot.canvas, (128, 96, 70, 255))
+    table.alpha_composite(warped)
+    pixels = np.asarray(table.convert("RGB"), dtype=np.float32) * shot.light
+    if shot.glare > 0:
+        # A highlight: a bright, soft blob that washes the print out towards white.
+        gx = placed[0][0] + (placed[1][0] - placed[0][0]) * shot.glare_at[0]
+        gy = placed[0][1] + (placed[3][1] - placed[0][1]) * shot.glare_at[1]
+        ys, xs = np.mgrid[0:canvas_h, 0:canvas_w].astype(np.float32)
+        radius = shot.card_width_px * 0.18
+        blob = np.exp(-((xs - gx) ** 2 + (ys - gy) ** 2) / (2 * radius**2))
+        pixels += (shot.glare * 320 * blob)[..., None]
+    lit = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+    if shot.blur_px > 0:
+        lit = lit.filter(ImageFilter.GaussianBlur(shot.blur_px))
+    noisy = np.asarray(lit, dtype=np.float32)
+    rng = np.random.default_rng(7)
+    noisy += rng.normal(0.0, shot.noise, size=noisy.shape).astype(np.float32)
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "RGB")
 
 
 # -- the flat card --------------------------------------------------------------------------

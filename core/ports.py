@@ -43,7 +43,7 @@ class Barcode:
 class CardReading:
     """What a photo says: decoded barcodes (most trustworthy first), digit runs read by OCR,
     and photo-quality hints (``dark``, ``bright``, ``blurred``, ``too_small``, ``no_card``,
-    ``not_an_image``, ``too_large``) when nothing could be read."""
+    ``animated``, ``not_an_image``, ``too_large``) when nothing could be read."""
 
     barcodes: tuple[Barcode, ...] = ()
     digits: tuple[str, ...] = ()

@@ -6,6 +6,7 @@ runs them off the event loop.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Final
@@ -23,13 +24,27 @@ MAX_PIXELS_OTHER: Final = 40_000_000
 # to its other plugins (EPS would even start Ghostscript).
 ACCEPTED_FORMATS: Final = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")  # JPEG covers MPO
 _DRAFTABLE: Final = frozenset({"JPEG", "MPO"})
+_ANIMATABLE: Final = frozenset({"GIF", "PNG", "WEBP"})
 
 _HIGH_BIT_DEPTH: Final = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 _ALPHA_MODES: Final = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 
 
 class NotAnImage(Exception):
-    """The bytes are not a decodable picture (unknown format, truncated, or a bomb)."""
+    """The bytes are not a decodable picture.
+
+    NotAnImage            unknown format, truncated, corrupt
+    ├── ImageTooLarge     more pixels than the limits below (decompression bombs included)
+    └── AnimatedImage     several frames (GIF/WebP/APNG animation): not a photo of a card
+    """
+
+
+class ImageTooLarge(NotAnImage):
+    """More pixels than a card photo needs; decoding it would cost memory and time."""
+
+
+class AnimatedImage(NotAnImage):
+    """An animation, not a still photo."""
 
 
 @dataclass(frozen=True)
@@ -44,13 +59,22 @@ def load_photo(data: bytes, max_side: int) -> Photo:
     """Decode image bytes to an upright grayscale Photo; raises NotAnImage on any failure."""
     try:
         # Pillow signals bad input through many exception types (OSError, SyntaxError,
-        # ValueError, struct.error, EOFError, DecompressionBombError, …): all mean the same here.
-        with Image.open(BytesIO(data), formats=ACCEPTED_FORMATS) as opened:
+        # ValueError, struct.error, EOFError, …): all mean the same here. Its own bomb check
+        # warns from 89 Mpx and refuses from 179 Mpx; both are "too large" for us.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            opened_file = Image.open(BytesIO(data), formats=ACCEPTED_FORMATS)
+        with opened_file as opened:
             width, height = opened.size
             draftable = opened.format in _DRAFTABLE
             limit = MAX_PIXELS_JPEG if draftable else MAX_PIXELS_OTHER
-            if width < 1 or height < 1 or width * height > limit:
+            if width < 1 or height < 1:
                 raise NotAnImage(f"{width}x{height} pixels")
+            if width * height > limit:
+                raise ImageTooLarge(f"{width}x{height} pixels")
+            # MPO (a phone JPEG with a preview or depth frame) and multi-page TIFF are stills.
+            if opened.format in _ANIMATABLE and getattr(opened, "is_animated", False):
+                raise AnimatedImage(f"{getattr(opened, 'n_frames', '?')} frames")
             if draftable:
                 # Ask libjpeg for the smallest power-of-two reduction still at least max_side.
                 ratio = max_side / max(width, height)
@@ -62,6 +86,8 @@ def load_photo(data: bytes, max_side: int) -> Photo:
             gray = _to_gray(upright)
     except NotAnImage:
         raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLarge(str(exc)) from exc
     except Exception as exc:
         raise NotAnImage(str(exc) or type(exc).__name__) from exc
     # Report the size the sender took (before any draft reduction), turned upright.

@@ -39,7 +39,9 @@ CARD_SYMBOLS: Final[tuple[ZBarSymbol, ...]] = (
 SELF_CHECKING: Final = frozenset({EAN13, EAN8, UPCA, UPCE, CODE128, QRCODE})
 
 _DIGIT_LENGTHS: Final = {EAN13: 13, EAN8: 8, UPCA: 12, UPCE: 8}
-_CODE39_ALPHABET: Final = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ-. $/+%")
+# Full-ASCII ("extended") Code 39 spells lower case and punctuation with pairs such as "+A";
+# zxing-cpp decodes those pairs, so any printable ASCII is a possible Code 39 text.
+_CODE39_ALPHABET: Final = frozenset(chr(code) for code in range(32, 127))
 _I25_MIN_LENGTH: Final = 6
 
 
@@ -70,6 +72,28 @@ def upce_to_upca(upce: str) -> str | None:
     return system + body + check
 
 
+def upca_to_upce(upca: str) -> str | None:
+    """The 8-digit UPC-E a 12-digit UPC-A suppresses to, or None when it has no UPC-E form."""
+    if len(upca) != 12 or not (upca.isascii() and upca.isdigit()) or upca[0] not in "01":
+        return None
+    system, body, check = upca[0], upca[1:11], upca[11]
+    maker, item = body[:5], body[5:]
+    candidates: list[str] = []
+    if maker[2] in "012" and maker[3:] == "00" and item[:2] == "00":
+        candidates.append(maker[:2] + item[2:] + maker[2])
+    if maker[3:] == "00" and item[:3] == "000":
+        candidates.append(maker[:3] + item[3:] + "3")
+    if maker[4] == "0" and item[:4] == "0000":
+        candidates.append(maker[:4] + item[4] + "4")
+    if item[:4] == "0000" and item[4] in "56789":
+        candidates.append(maker + item[4])
+    for digits in candidates:
+        upce = system + digits + check
+        if upce_to_upca(upce) == upca:
+            return upce
+    return None
+
+
 def check_digit_valid(symbology: str, text: str) -> bool:
     """Whether an EAN/UPC text has the right length and a correct check digit."""
     if len(text) != _DIGIT_LENGTHS[symbology]:
@@ -80,18 +104,12 @@ def check_digit_valid(symbology: str, text: str) -> bool:
     return mod10_valid(text)
 
 
-# GS (0x1d) is how zbar writes the FNC1 separators of GS1 data; QR payloads (URLs, vCards)
-# also legitimately span lines and may use tabs.
+# GS (0x1d) is how zbar writes the FNC1 separators of GS1 data.
 _GS: Final = "\x1d"
-_QR_CONTROLS: Final = frozenset("\r\n\t" + _GS)
 
 
 def _printable(text: str) -> bool:
     return all(ch.isprintable() or ch == _GS for ch in text)
-
-
-def _printable_multiline(text: str) -> bool:
-    return all(ch.isprintable() or ch in _QR_CONTROLS for ch in text)
 
 
 def plausible(symbology: str, text: str) -> bool:
@@ -109,7 +127,9 @@ def plausible(symbology: str, text: str) -> bool:
     if symbology == CODE128:
         return _printable(text)
     if symbology == QRCODE:
-        return "\ufffd" not in text and _printable_multiline(text)
+        # Reed-Solomon guards QR against misreads; payloads may carry control characters
+        # (vCard separators, binary headers). Only a failed text decoding is refused.
+        return "\ufffd" not in text
     return False
 
 
@@ -121,5 +141,6 @@ def normalise(symbology: str, text: str) -> tuple[str, str]:
 
 
 def decode_payload(data: bytes) -> str:
-    """Text of a zbar payload; zbar hands out UTF-8 (it transcodes QR byte segments itself)."""
+    """Text of a zbar payload; zbar hands out UTF-8 (it transcodes QR byte segments itself,
+    guessing Latin-1 for Shift-JIS/GB 2312 ones: zxing-cpp's spelling wins those)."""
     return data.decode("utf-8", errors="replace")
