@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from bot.sandbox.issuer import SandboxCardIssuer
 from bot.sandbox.payouts import SandboxPayoutGateway
@@ -12,7 +13,7 @@ from bot.settings import Settings
 from core.catalog import default_catalog
 from core.ports import CardIssuer, CardReader, Clock, PayoutGateway
 from core.pricing import default_pricing
-from core.risk import RiskPolicy
+from core.risk import RiskPolicy, RiskRulesError, parse_policy
 from core.sale import SaleDeps
 from handlers.engine import Conversation, Services
 from handlers.sell import sell_flow
@@ -43,6 +44,20 @@ class App:
     async def close(self) -> None:
         """Release connections."""
         await self.uow_factory.dispose()
+
+
+class ConfigError(ValueError):
+    """A configuration file cannot be used; the message says which and why."""
+
+
+def load_risk_policy(path: Path) -> RiskPolicy:
+    """The risk rules from a ``risk.toml`` file."""
+    try:
+        return parse_policy(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read the risk rules {path}: {exc.strerror or exc}") from None
+    except RiskRulesError as exc:
+        raise ConfigError(f"risk rules {path}: {exc}") from None
 
 
 async def build_app(
@@ -76,13 +91,14 @@ async def build_app(
         settings.sandbox_dir / "payouts.sqlite3",
         clock,
         late_seconds=settings.sandbox_payout_late_seconds,
+        delay_seconds=settings.sandbox_payout_delay_seconds,
     )
     uow_factory = SqlAlchemyUnitOfWorkFactory.from_url(url)
     services = Services(
         sale=SaleDeps(
             catalog=catalog,
             pricing=default_pricing(),
-            risk=RiskPolicy(),
+            risk=load_risk_policy(settings.risk_rules),
             issuer=issuer,
             gateway=gateway,
             vault=vault,

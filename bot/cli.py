@@ -17,6 +17,17 @@ if TYPE_CHECKING:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cardbot`` console script."""
+    from bot.app import ConfigError
+    from storage.crypto import KeyConfigError
+
+    try:
+        return _main(argv)
+    except (ConfigError, KeyConfigError) as exc:
+        print(f"cardbot: {exc}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="cardbot", description="Buy back gift cards by chat.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -54,6 +65,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     keys_sub.add_parser("rotate", help="new primary key; re-encrypt every sealed value")
     keys_sub.add_parser("prune", help="after rotate and a restart: remove the old keys")
     keys_sub.add_parser("fingerprint-key", help="print the fingerprint key (operator secret)")
+
+    review_cmd = sub.add_parser("review", help="the manual-review queue (see bot/ops.py)")
+    review_sub = review_cmd.add_subparsers(dest="review_command", required=True)
+    review_list = review_sub.add_parser("list", help="orders waiting for review, oldest first")
+    review_list.add_argument("--json", action="store_true")
+    for verb in ("approve", "reject"):
+        decide = review_sub.add_parser(verb, help=f"{verb} an order under review")
+        decide.add_argument("order", help="order number (CB00000012) or id")
+        decide.add_argument("--note", default="", help="shown to the user (required to reject)")
+        decide.add_argument("--by", default="operator", help="who decides (kept in the audit)")
+
+    risk_cmd = sub.add_parser("risk", help="risk controls")
+    risk_sub = risk_cmd.add_subparsers(dest="risk_command", required=True)
+    black = risk_sub.add_parser("blacklist", help="IDs, payout accounts, cards refused")
+    black.add_argument("action", choices=("add", "remove", "list"))
+    what = black.add_mutually_exclusive_group()
+    what.add_argument("--id", dest="id_number", help="a resident ID number")
+    what.add_argument("--account", help="METHOD:ACCOUNT, e.g. alipay:name@example.com")
+    what.add_argument("--card", help="a card number")
+    black.add_argument("--reason", default="")
+    black.add_argument("--by", default="operator")
 
     orders = sub.add_parser("orders", help="orders, newest first")
     orders.add_argument("--json", action="store_true")
@@ -102,6 +134,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             "prune": key_commands.prune,
         }[args.keys_command]
         return asyncio.run(command(settings))
+    if args.command == "review":
+        from bot import ops
+
+        if args.review_command == "list":
+            return asyncio.run(ops.review_list(settings, bool(args.json)))
+        approve = args.review_command == "approve"
+        return asyncio.run(
+            ops.review_decide(settings, args.order, approve, args.note, f"staff:{args.by}")
+        )
+    if args.command == "risk":
+        from bot import ops
+
+        kind, value = next(
+            (
+                (k, v)
+                for k, v in (
+                    ("id_number", args.id_number),
+                    ("payout_account", args.account),
+                    ("card", args.card),
+                )
+                if v
+            ),
+            (None, None),
+        )
+        return asyncio.run(
+            ops.blacklist(settings, args.action, kind, value, args.reason, f"staff:{args.by}")
+        )
     if args.command == "orders":
         return asyncio.run(_orders(settings, bool(args.json), int(args.limit)))
     parser.error(f"unknown command {args.command}")

@@ -28,8 +28,10 @@ class ConsoleChannel:
         user_id: str = "console-user",
         lang: str = "zh",
         write: Callable[[str], None] = print,
+        channel: str = Channel.CONSOLE.value,
     ) -> None:
         self.conversation = conversation
+        self.channel = channel  # another channel's name only in tests that play two channels
         self.user_id = user_id
         self.lang = lang
         self.write = write
@@ -39,7 +41,7 @@ class ConsoleChannel:
     def inbound(self, line: str) -> Inbound | None:
         """Translate a typed line into an inbound message (None: nothing to send)."""
         base = {
-            "channel": Channel.CONSOLE.value,
+            "channel": self.channel,
             "user_id": self.user_id,
             "chat_id": self.user_id,
             "message_id": next(self._ids),

@@ -34,7 +34,7 @@ from storage.migrate import upgrade_async
 from storage.rekey import SealedCensus, census
 
 
-def _vault(settings: Settings) -> AesGcmVault:
+def vault_for(settings: Settings) -> AesGcmVault:
     return load_vault(
         settings.data_key.get_secret_value() if settings.data_key else None,
         settings.resolved_key_file,
@@ -47,7 +47,7 @@ def _uses_key_file(settings: Settings) -> bool:
     return not (settings.data_key and settings.data_key.get_secret_value().strip())
 
 
-async def _factory(settings: Settings) -> SqlAlchemyUnitOfWorkFactory:
+async def storage_for(settings: Settings) -> SqlAlchemyUnitOfWorkFactory:
     url = settings.resolved_database_url
     if is_sqlite(url):
         await upgrade_async(url)
@@ -72,11 +72,11 @@ def _print(title: str, result: SealedCensus, vault: AesGcmVault) -> None:
 async def status(settings: Settings) -> int:
     """Exit 0 when every sealed value opens; 1 otherwise."""
     try:
-        vault = _vault(settings)
+        vault = vault_for(settings)
     except KeyConfigError as exc:
         print(f"cardbot: {exc}", file=sys.stderr)
         return 2
-    factory = await _factory(settings)
+    factory = await storage_for(settings)
     try:
         result = await census(factory, vault)
     finally:
@@ -88,11 +88,11 @@ async def status(settings: Settings) -> int:
 async def rotate(settings: Settings) -> int:
     """New primary key (key file) and every sealed value re-encrypted under it."""
     try:
-        vault = _vault(settings)
+        vault = vault_for(settings)
         if _uses_key_file(settings):
             new_id = add_key_to_file(settings.resolved_key_file)
             print(f"added key {new_id} to {settings.resolved_key_file} as the primary key")
-            vault = _vault(settings)
+            vault = vault_for(settings)
         elif vault.fingerprint_key_derived and len(vault.key_ids) > 1:
             print(
                 "cardbot: fingerprints are derived from your oldest data key and would change "
@@ -110,7 +110,7 @@ async def rotate(settings: Settings) -> int:
     except KeyConfigError as exc:
         print(f"cardbot: {exc}", file=sys.stderr)
         return 2
-    factory = await _factory(settings)
+    factory = await storage_for(settings)
     try:
         done = await census(factory, vault, rewrap=True)
         check = await census(factory, vault)
@@ -140,14 +140,14 @@ async def prune(settings: Settings) -> int:
         )
         return 2
     try:
-        vault = _vault(settings)
+        vault = vault_for(settings)
     except KeyConfigError as exc:
         print(f"cardbot: {exc}", file=sys.stderr)
         return 2
     if len(vault.key_ids) == 1:
         print("the key file holds only the primary key: nothing to prune")
         return 0
-    factory = await _factory(settings)
+    factory = await storage_for(settings)
     try:
         await census(factory, vault, rewrap=True)
         check = await census(factory, vault)
@@ -159,7 +159,7 @@ async def prune(settings: Settings) -> int:
             )
             return 1
         dropped = drop_old_keys_from_file(settings.resolved_key_file)
-        alone = _vault(settings)
+        alone = vault_for(settings)
         final = await census(factory, alone)
     finally:
         await factory.dispose()
@@ -170,7 +170,7 @@ async def prune(settings: Settings) -> int:
 def fingerprint_key(settings: Settings) -> int:
     """Print the fingerprint key in use (base64): an operator secret, for pinning it."""
     try:
-        vault = _vault(settings)
+        vault = vault_for(settings)
     except KeyConfigError as exc:
         print(f"cardbot: {exc}", file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ from pydantic_settings import (
 )
 
 DEFAULT_CARDS = Path(__file__).parent / "sandbox" / "cards.csv"
+DEFAULT_RISK_RULES = Path(__file__).parent / "risk.toml"
 
 
 def _env(*names: str) -> Any:
@@ -47,6 +48,9 @@ class Settings(BaseSettings):
             "CARDBOT_SANDBOX_PAYOUT_LATE_SECONDS", "sandbox_payout_late_seconds"
         ),
     )
+    risk_rules: Path = Field(
+        DEFAULT_RISK_RULES, validation_alias=AliasChoices("CARDBOT_RISK_RULES", "risk_rules")
+    )
     staff: str = Field("", validation_alias=AliasChoices("CARDBOT_STAFF", "staff"))
     admins: str = Field("", validation_alias=AliasChoices("CARDBOT_ADMINS", "admins"))
     redis_url: str | None = _env("CARDBOT_REDIS_URL", "redis_url")
@@ -68,6 +72,53 @@ class Settings(BaseSettings):
         "https://api.weixin.qq.com",
         validation_alias=AliasChoices("WECHAT_API_BASE", "wechat_api_base"),
     )
+    # --- wechat (bot/wechat/) ---
+    wechat_aes_key_previous: SecretStr | None = _env(
+        "WECHAT_AES_KEY_PREVIOUS", "wechat_aes_key_previous"
+    )
+    # plaintext | compatible | safe; unset: safe when WECHAT_AES_KEY is set, else plaintext.
+    wechat_mode: Literal["plaintext", "compatible", "safe"] | None = _env(
+        "WECHAT_MODE", "wechat_mode"
+    )
+    # Notifications outside a conversation go as this template message when it is set (the
+    # text goes in the data field WECHAT_TEMPLATE_FIELD), else as customer-service messages.
+    wechat_template_id: str | None = _env("WECHAT_TEMPLATE_ID", "wechat_template_id")
+    wechat_template_field: str = Field(
+        "content", validation_alias=AliasChoices("WECHAT_TEMPLATE_FIELD", "wechat_template_field")
+    )
+    wechat_reply_deadline_seconds: float = Field(
+        4.0,
+        validation_alias=AliasChoices(
+            "WECHAT_REPLY_DEADLINE_SECONDS", "wechat_reply_deadline_seconds"
+        ),
+    )
+    wechat_api_timeout_seconds: float = Field(
+        10.0,
+        validation_alias=AliasChoices("WECHAT_API_TIMEOUT_SECONDS", "wechat_api_timeout_seconds"),
+    )
+    # Sandbox: every payout transfer takes this long (a slow provider), default none.
+    sandbox_payout_delay_seconds: float = Field(
+        0.0,
+        validation_alias=AliasChoices(
+            "CARDBOT_SANDBOX_PAYOUT_DELAY_SECONDS", "sandbox_payout_delay_seconds"
+        ),
+    )
+    # --- end wechat ---
+
+    # --- telegram (bot/telegram/) ---
+    # Outbound limits (one limiter per process): a chat gets this many messages at once, then
+    # one a second; the bot sends at most TELEGRAM_MESSAGES_PER_SECOND messages a second overall.
+    telegram_chat_burst: int = Field(
+        3, ge=1, validation_alias=AliasChoices("TELEGRAM_CHAT_BURST", "telegram_chat_burst")
+    )
+    telegram_messages_per_second: int = Field(
+        30,
+        ge=1,
+        validation_alias=AliasChoices(
+            "TELEGRAM_MESSAGES_PER_SECOND", "telegram_messages_per_second"
+        ),
+    )
+    # --- end telegram ---
 
     @field_validator("staff", "admins")
     @classmethod

@@ -53,6 +53,12 @@ class WrongSecret(UserError):
     key = "error.wrong_secret"
 
 
+class AccountSuspended(UserError):
+    """Too many failed cards lately (wrong secrets, used cards): no new cards for a while."""
+
+    key = "risk.suspended"
+
+
 class CardUnusable(UserError):
     key = "error.card_unusable"
 

@@ -63,6 +63,7 @@ class User:
     phone_masked: str | None = None
     verified_at: datetime | None = None
     kyc_level: int = 0
+    suspended_until: datetime | None = None  # set by a risk streak; no new cards until then
 
     @property
     def is_verified(self) -> bool:
@@ -157,6 +158,11 @@ class Order:
     risk_version: str | None = None
     payout_account_id: int | None = None
     settled_at: datetime | None = None
+    # A manual review's decision: when, by whom, the note, and when the user was told.
+    reviewed_at: datetime | None = None
+    reviewed_by: str | None = None
+    review_note: str | None = None
+    review_announced_at: datetime | None = None
     id: int | None = None
 
     @property

@@ -4,7 +4,7 @@ Adapters live in vision/, storage/ and bot/; test doubles in tests/fakes.py."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from types import TracebackType
@@ -202,6 +202,10 @@ class UserRepository(Protocol):
         """Every channel identity of a user."""
         ...
 
+    async def with_id_fp(self, id_number_fp: str) -> Sequence[int]:
+        """Ids of every account verified with this resident ID (one person, all channels)."""
+        ...
+
     async def set_reachable(self, channel: str, external_id: str, reachable: bool) -> bool:
         """Mark a channel identity (un)reachable — blocked the bot, unfollowed; the next message
         from it makes it reachable again. False when no such identity exists."""
@@ -276,10 +280,18 @@ class OrderRepository(Protocol):
         """Orders for the same physical card in any of the given statuses."""
         ...
 
-    async def payout_total(
-        self, user_id: int, since: datetime, until: datetime, statuses: Sequence[OrderStatus]
-    ) -> int:
-        """Sum of payout_fen of a user's orders created in [since, until) in those statuses."""
+    async def payouts_since(
+        self, user_ids: Sequence[int], since: datetime, statuses: Sequence[OrderStatus]
+    ) -> Sequence[tuple[datetime, int]]:
+        """(created_at, payout_fen) of the users' orders created since, in those statuses."""
+        ...
+
+    async def count_since(self, user_ids: Sequence[int], since: datetime) -> int:
+        """How many orders (cards quoted) the users opened since, whatever became of them."""
+        ...
+
+    async def undisclosed_reviews(self) -> Sequence[Order]:
+        """Orders with a review decision the user has not been told yet, oldest first."""
         ...
 
 
@@ -304,6 +316,10 @@ class PayoutAccountRepository(Protocol):
         self, user_id: int, method: PayoutMethod, account_fp: str
     ) -> PayoutAccount | None:
         """A user's existing account with this method and fingerprint."""
+        ...
+
+    async def holders(self, account_fp: str) -> Sequence[tuple[int, str | None]]:
+        """(user id, resident ID fingerprint) of everyone who saved this payout account."""
         ...
 
 
@@ -347,8 +363,36 @@ class AuditRepository(Protocol):
         """Every event, in order."""
         ...
 
+    async def by_actor(
+        self, actor: str, actions: Sequence[str], since: datetime
+    ) -> Sequence[AuditEvent]:
+        """What one actor did since a time, among some actions, in order."""
+        ...
+
+    async def head(self) -> AuditEvent | None:
+        """The newest event: its hash stands for the whole chain."""
+        ...
+
     async def for_subject(self, subject: str) -> Sequence[AuditEvent]:
         """The events about one subject (e.g. ``order:12``), in order."""
+        ...
+
+
+class RiskListRepository(Protocol):
+    async def add(self, kind: str, fp: str, reason: str, added_by: str, at: datetime) -> bool:
+        """List a fingerprint (kind: id_number, payout_account, card); False if listed."""
+        ...
+
+    async def remove(self, kind: str, fp: str) -> bool:
+        """Unlist a fingerprint; False if it was not listed."""
+        ...
+
+    async def hits(self, candidates: Mapping[str, str | None]) -> tuple[str, ...]:
+        """Which of the kinds (kind → fingerprint) are listed, in the order given."""
+        ...
+
+    async def entries(self) -> Sequence[tuple[str, str, str, str, datetime]]:
+        """(kind, fingerprint, reason, added_by, added_at), newest first."""
         ...
 
 
@@ -364,6 +408,7 @@ class UnitOfWork(Protocol):
     payouts: PayoutRepository
     ledger: LedgerRepository
     audit: AuditRepository
+    risk_list: RiskListRepository
 
     async def __aenter__(self) -> Self: ...
 
@@ -409,3 +454,143 @@ __all__ = [
     "UnitOfWorkFactory",
     "Vault",
 ]
+
+
+# --------------------------------------------------------------------------------------------
+# The WeChat channel's memory (bot/wechat/): outbound messages that are not a passive reply,
+# each user's customer-service window, and the account's shared access token.
+
+
+@dataclass(frozen=True)
+class OutboundMessage:
+    """A message waiting for (or done with) delivery to a WeChat user, in ``id`` order.
+
+    ``kind``: ``reply`` (an answer that could not go back passively) or ``notice`` (sent outside
+    a conversation). ``state``: ``pending``, ``held`` (kept for the user's next message) or
+    ``sent``; ``via`` says how it left: ``custom``, ``template`` or ``passive``."""
+
+    openid: str
+    kind: str
+    text: str
+    state: str
+    created_at: datetime
+    not_before: datetime
+    attempts: int = 0
+    sent_at: datetime | None = None
+    via: str | None = None
+    last_error: str | None = None
+    id: int | None = None
+
+
+@dataclass(frozen=True)
+class ContactWindow:
+    """When a WeChat user last wrote or clicked/followed, and how many customer-service
+    messages were sent to them since each."""
+
+    openid: str
+    last_message_at: datetime | None = None
+    message_sends: int = 0
+    last_event_at: datetime | None = None
+    event_sends: int = 0
+
+
+@dataclass(frozen=True)
+class CachedAccessToken:
+    """An access token as stored for every process: encrypted, with its expiry."""
+
+    app_id: str
+    token_enc: bytes
+    expires_at: datetime
+    fetched_at: datetime
+
+
+class WeChatOutboxRepository(Protocol):
+    async def add(
+        self,
+        openid: str,
+        kind: str,
+        texts: Sequence[str],
+        at: datetime,
+        not_before: datetime | None = None,
+    ) -> Sequence[OutboundMessage]:
+        """Queue messages for a user (pending, due at ``not_before`` or now), in this order."""
+        ...
+
+    async def claim_due(
+        self, now: datetime, lease_until: datetime, limit: int
+    ) -> Sequence[OutboundMessage]:
+        """Lease the oldest undelivered message of each user when it is pending and due —
+        never a later one while an earlier one waits — so that only one process sends it;
+        with it, the same user's due pending messages of the same kind behind it (in order)."""
+        ...
+
+    async def mark_sent(self, message_id: int, via: str, at: datetime) -> None:
+        """A leased message was delivered."""
+        ...
+
+    async def hold(self, message_id: int, reason: str) -> None:
+        """WeChat will not take the message now: keep it for the user's next message."""
+        ...
+
+    async def retry_later(self, message_id: int, not_before: datetime, reason: str) -> None:
+        """Delivery failed for a passing reason: release the lease, try again later."""
+        ...
+
+    async def take_undelivered(self, openid: str, at: datetime) -> Sequence[OutboundMessage]:
+        """Every message of a user that is held or pending and not being sent right now,
+        oldest first, marked sent (``via='passive'``): they go out with the passive reply."""
+        ...
+
+    async def for_openid(self, openid: str) -> Sequence[OutboundMessage]:
+        """A user's messages, oldest first."""
+        ...
+
+
+class WeChatContactRepository(Protocol):
+    async def get(self, openid: str) -> ContactWindow | None:
+        """A user's delivery window, or None before their first message."""
+        ...
+
+    async def touch(self, openid: str, at: datetime, by_message: bool) -> None:
+        """The user wrote (``by_message``) or clicked/followed at ``at``: a new window opens."""
+        ...
+
+    async def record_send(self, openid: str, window: str) -> None:
+        """One customer-service message was sent in the ``message`` or ``event`` window."""
+        ...
+
+    async def exhaust(self, openid: str, message_quota: int, event_quota: int) -> None:
+        """WeChat refused for time or count: count both windows as used up."""
+        ...
+
+    async def language(self, openid: str) -> str | None:
+        """The language of the cardbot user behind a WeChat openid, or None if unknown."""
+        ...
+
+
+class WeChatTokenRepository(Protocol):
+    async def get(self, app_id: str) -> CachedAccessToken | None:
+        """The stored token of an account, or None."""
+        ...
+
+    async def put(self, token: CachedAccessToken) -> None:
+        """Store (insert or replace) an account's token."""
+        ...
+
+    async def discard(self, app_id: str) -> None:
+        """Forget an account's token (WeChat said it is invalid or expired)."""
+        ...
+
+
+class WeChatUnitOfWork(UnitOfWork, Protocol):
+    """A unit of work that also reaches the WeChat channel's tables."""
+
+    wechat_outbox: WeChatOutboxRepository
+    wechat_contacts: WeChatContactRepository
+    wechat_tokens: WeChatTokenRepository
+
+
+class WeChatUnitOfWorkFactory(Protocol):
+    def __call__(self) -> WeChatUnitOfWork:
+        """A fresh unit of work."""
+        ...

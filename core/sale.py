@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from core import ledger, masking
 from core.catalog import Catalog, normalize_card_number
 from core.errors import (
+    AccountSuspended,
     CannotCancel,
     CardbotError,
     CardLocked,
@@ -61,12 +62,15 @@ from core.ports import (
 )
 from core.pricing import PricingPolicy, quote_card
 from core.risk import (
+    SHANGHAI,
     RiskDecision,
     RiskFacts,
     RiskPolicy,
     assess,
+    daily_totals,
     shanghai_date,
     shanghai_day_bounds,
+    streak_suspends,
 )
 from core.sealing import account_context, card_context, user_context
 
@@ -75,6 +79,9 @@ log = logging.getLogger(__name__)
 # Wrong secrets for one card (by anyone) within the window before the card is refused.
 SECRET_FAILURE_LIMIT = 5
 SECRET_FAILURE_WINDOW = timedelta(hours=24)
+
+# What a person did that counts towards a suspension streak (risk.toml [streak]).
+STREAK_ACTIONS = ("card.secret_wrong", "card.used_refused")
 
 IDENTITY_CONSENT = "identity"
 IDENTITY_CONSENT_VERSION = "2026-11-v1"
@@ -138,6 +145,7 @@ class Receipt:
 
 async def capture_card(uow: UnitOfWork, deps: SaleDeps, user: User, text: str) -> Card:
     """Recognise a card number (typed or read from a photo) and store it encrypted."""
+    check_not_suspended(deps, user)
     number = normalize_card_number(text)
     brand = deps.catalog.match(number)
     number_fp = deps.vault.fingerprint("card", f"{brand.code}:{number}")
@@ -187,6 +195,43 @@ def _card_plaintext(deps: SaleDeps, card: Card) -> tuple[str, str | None]:
     return number, secret
 
 
+def check_not_suspended(deps: SaleDeps, user: User) -> None:
+    """Refuse new cards from a person suspended by a streak of failures, saying until when."""
+    if user.suspended_until is not None and deps.clock.now() < user.suspended_until:
+        until = user.suspended_until.astimezone(SHANGHAI).strftime("%Y-%m-%d %H:%M")
+        raise AccountSuspended(until=until)
+
+
+async def _count_towards_streak(
+    uow: UnitOfWork, deps: SaleDeps, card: Card, action: str | None
+) -> None:
+    """Record a failed card against the person (``action``; None: already recorded) and
+    suspend them when the streak is long enough — the suspension is kept (the caller
+    commits) and AccountSuspended says so."""
+    now = deps.clock.now()
+    actor = f"user:{card.user_id}"
+    if action is not None:
+        await uow.audit.append(now, actor, action, f"card:{card.id}", {"card": card.number_masked})
+    rule = deps.risk.streak
+    if rule is None:
+        return
+    since = now - timedelta(minutes=rule.window_minutes)
+    events = await uow.audit.by_actor(actor, STREAK_ACTIONS, since)
+    if not streak_suspends([e.at for e in events], now, deps.risk):
+        return
+    user = await uow.users.get(card.user_id)
+    until = now + timedelta(hours=rule.suspend_hours)
+    await uow.users.update(replace(user, suspended_until=until))
+    await uow.audit.append(
+        now,
+        "risk",
+        "risk.suspended",
+        f"user:{card.user_id}",
+        {"failures": len(events), "until": until.isoformat(), "version": deps.risk.version},
+    )
+    check_not_suspended(deps, replace(user, suspended_until=until))
+
+
 def _secret_subject(card_fp: str) -> str:
     return f"card_fp:{card_fp}"
 
@@ -217,6 +262,7 @@ async def verify_card(uow: UnitOfWork, deps: SaleDeps, card: Card) -> Card:
             _secret_subject(card.number_fp),
             {"card": card.number_masked},
         )
+        await _count_towards_streak(uow, deps, card, None)
         raise
     now = deps.clock.now()
     card = replace(
@@ -229,6 +275,7 @@ async def verify_card(uow: UnitOfWork, deps: SaleDeps, card: Card) -> Card:
     )
     await uow.cards.update(card)
     if verification.status is CardStatus.USED:
+        await _count_towards_streak(uow, deps, card, "card.used_refused")
         if verification.used_at is not None:
             used_on = shanghai_date(verification.used_at).isoformat()
             raise CardUnusable("error.card_used_on", date=used_on)
@@ -478,27 +525,63 @@ async def add_payout_account(
 # Risk and submission
 
 
+async def risk_facts(
+    uow: UnitOfWork, deps: SaleDeps, order: Order, account: PayoutAccount
+) -> RiskFacts:
+    """Everything the risk rules look at for one order. The person is everyone verified with
+    the same resident ID, on every channel."""
+    now = deps.clock.now()
+    policy = deps.risk
+    user = await uow.users.get(order.user_id)
+    person = [user.id]
+    if user.id_number_fp:
+        person = sorted({user.id, *await uow.users.with_id_fp(user.id_number_fp)})
+    holders = await uow.orders.with_card_fp(order.card_fp, CARD_HOLDING_STATUSES)
+    others = [o for o in holders if o.id != order.id]
+    window_start = shanghai_day_bounds(now)[0] - timedelta(days=policy.history_days - 1)
+    totals = daily_totals(
+        await uow.orders.payouts_since(person, window_start, DAILY_AMOUNT_STATUSES)
+    )
+    recent = 0
+    if policy.velocity is not None:
+        since = now - timedelta(minutes=policy.velocity.window_minutes)
+        recent = await uow.orders.count_since(person, since)
+    sharing = {fp for uid, fp in await uow.payout_accounts.holders(account.account_fp)}
+    sharing.discard(user.id_number_fp)
+    accounts = [await uow.users.get(uid) for uid in person]
+    # The same ID under another name is someone else's ID (the same person on two apps has
+    # the same name on both).
+    strangers = [a for a in accounts if a.id != user.id and a.real_name != user.real_name]
+    return RiskFacts(
+        user_id=order.user_id,
+        payout_fen=order.payout_fen,
+        card_fp=order.card_fp,
+        same_card_orders=len(others),
+        same_card_other_users=len({o.user_id for o in others if o.user_id not in person}),
+        day_total_fen=totals.get(shanghai_date(now), 0),
+        daily_totals=totals,
+        recent_cards=recent,
+        shared_id_users=len(strangers),
+        shared_account_people=len(sharing),
+        blacklisted=await uow.risk_list.hits(
+            {
+                "id_number": user.id_number_fp,
+                "payout_account": account.account_fp,
+                "card": order.card_fp,
+            }
+        ),
+        account_age=now - min(a.created_at for a in accounts),
+    )
+
+
 async def submit_order(
     uow: UnitOfWork, deps: SaleDeps, order: Order, account: PayoutAccount
 ) -> tuple[Order, RiskDecision]:
     """Attach the payout account and run the risk rules: approve, hold for review, or reject."""
     now = deps.clock.now()
     assert order.id is not None
-    holders = await uow.orders.with_card_fp(order.card_fp, CARD_HOLDING_STATUSES)
-    others = [o for o in holders if o.id != order.id]
-    since, until = shanghai_day_bounds(now)
-    day_total = await uow.orders.payout_total(order.user_id, since, until, DAILY_AMOUNT_STATUSES)
-    decision = assess(
-        RiskFacts(
-            user_id=order.user_id,
-            payout_fen=order.payout_fen,
-            card_fp=order.card_fp,
-            same_card_orders=len(others),
-            same_card_other_users=len({o.user_id for o in others if o.user_id != order.user_id}),
-            day_total_fen=day_total,
-        ),
-        deps.risk,
-    )
+    facts = await risk_facts(uow, deps, order, account)
+    decision = assess(facts, deps.risk, shanghai_date(now))
     target = {
         RiskOutcome.APPROVE: OrderStatus.APPROVED,
         RiskOutcome.REVIEW: OrderStatus.REVIEW,

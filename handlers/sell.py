@@ -10,6 +10,7 @@ from dataclasses import replace
 from core import sale
 from core.catalog import normalize_card_number
 from core.errors import (
+    AccountSuspended,
     CardNotFound,
     CardNotRecognised,
     CardUnusable,
@@ -399,6 +400,12 @@ async def _verify_and_quote(ctx: Ctx, card: Card) -> Step:
         return Step(
             AWAIT_SECRET,
             (Reply(ctx.t(wrong.key, left=MAX_SECRET_ATTEMPTS - attempts, **wrong.params)),),
+        )
+    except AccountSuspended as suspended:
+        # The streak that suspends the person is kept (this step commits), and they are told.
+        _clear_sale(ctx)
+        return Step(
+            START, (Reply(ctx.t(suspended.key, **suspended.params)), *await prompt_start(ctx))
         )
     except (CardUnusable, CardNotFound) as refusal:
         _clear_sale(ctx)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
@@ -36,6 +36,7 @@ from core.model import (
     QuoteLine,
     User,
 )
+from core.ports import CachedAccessToken, ContactWindow, OutboundMessage
 from storage.tables import (
     AuditEventRow,
     Base,
@@ -50,7 +51,11 @@ from storage.tables import (
     PayoutRow,
     ProcessedInboundRow,
     QuoteRow,
+    RiskListRow,
     UserRow,
+    WeChatAccessTokenRow,
+    WeChatContactRow,
+    WeChatOutboxRow,
     metadata,
 )
 
@@ -259,6 +264,7 @@ def _user(row: UserRow) -> User:
         phone_masked=row.phone_masked,
         verified_at=row.verified_at,
         kyc_level=row.kyc_level,
+        suspended_until=row.suspended_until,
     )
 
 
@@ -345,7 +351,15 @@ class SqlAlchemyUserRepository:
         row.phone_masked = user.phone_masked
         row.verified_at = _utc_or_none(user.verified_at)
         row.kyc_level = user.kyc_level
+        row.suspended_until = _utc_or_none(user.suspended_until)
         await self._session.flush()
+
+    async def with_id_fp(self, id_number_fp: str) -> Sequence[int]:
+        """Ids of every account verified with this resident ID (one person, all channels)."""
+        result = await self._session.scalars(
+            select(UserRow.id).where(UserRow.id_number_fp == id_number_fp).order_by(UserRow.id)
+        )
+        return list(result)
 
     async def identities(self, user_id: int) -> Sequence[ChannelIdentity]:
         """Every channel identity of a user, oldest first."""
@@ -530,6 +544,10 @@ def _order(row: OrderRow) -> Order:
         risk_version=row.risk_version,
         payout_account_id=row.payout_account_id,
         settled_at=row.settled_at,
+        reviewed_at=row.reviewed_at,
+        reviewed_by=row.reviewed_by,
+        review_note=row.review_note,
+        review_announced_at=row.review_announced_at,
         id=row.id,
     )
 
@@ -555,6 +573,10 @@ def _order_values(order: Order) -> dict[str, Any]:
         "created_at": _utc(order.created_at),
         "updated_at": _utc(order.updated_at),
         "settled_at": _utc_or_none(order.settled_at),
+        "reviewed_at": _utc_or_none(order.reviewed_at),
+        "reviewed_by": order.reviewed_by,
+        "review_note": order.review_note,
+        "review_announced_at": _utc_or_none(order.review_announced_at),
     }
 
 
@@ -625,18 +647,39 @@ class SqlAlchemyOrderRepository(_Records[Order, OrderRow]):
         )
         return [_order(row) for row in result]
 
-    async def payout_total(
-        self, user_id: int, since: datetime, until: datetime, statuses: Sequence[OrderStatus]
-    ) -> int:
-        """Sum of payout_fen of a user's orders created in [since, until) in those statuses."""
-        if not statuses:
+    async def payouts_since(
+        self, user_ids: Sequence[int], since: datetime, statuses: Sequence[OrderStatus]
+    ) -> Sequence[tuple[datetime, int]]:
+        """(created_at, payout_fen) of the users' orders created since, in those statuses."""
+        if not statuses or not user_ids:
+            return []
+        result = await self._session.execute(
+            select(OrderRow.created_at, OrderRow.payout_fen)
+            .where(
+                OrderRow.user_id.in_(list(user_ids)),
+                OrderRow.created_at >= _utc(since),
+                OrderRow.status.in_([status.value for status in statuses]),
+            )
+            .order_by(OrderRow.created_at)
+        )
+        return [(at, amount) for at, amount in result]
+
+    async def undisclosed_reviews(self) -> Sequence[Order]:
+        """Orders with a review decision the user has not been told yet, oldest first."""
+        result = await self._session.scalars(
+            select(OrderRow)
+            .where(OrderRow.reviewed_at.is_not(None), OrderRow.review_announced_at.is_(None))
+            .order_by(OrderRow.id)
+        )
+        return [_order(row) for row in result]
+
+    async def count_since(self, user_ids: Sequence[int], since: datetime) -> int:
+        """How many orders (cards quoted) the users opened since, whatever became of them."""
+        if not user_ids:
             return 0
         total = await self._session.scalar(
-            select(func.coalesce(func.sum(OrderRow.payout_fen), 0)).where(
-                OrderRow.user_id == user_id,
-                OrderRow.created_at >= _utc(since),
-                OrderRow.created_at < _utc(until),
-                OrderRow.status.in_([status.value for status in statuses]),
+            select(func.count(OrderRow.id)).where(
+                OrderRow.user_id.in_(list(user_ids)), OrderRow.created_at >= _utc(since)
             )
         )
         return int(total or 0)
@@ -717,6 +760,17 @@ class SqlAlchemyPayoutAccountRepository(_Records[PayoutAccount, PayoutAccountRow
             )
         )
         return None if row is None else _payout_account(row)
+
+    async def holders(self, account_fp: str) -> Sequence[tuple[int, str | None]]:
+        """(user id, resident ID fingerprint) of everyone who saved this payout account."""
+        result = await self._session.execute(
+            select(UserRow.id, UserRow.id_number_fp)
+            .join(PayoutAccountRow, PayoutAccountRow.user_id == UserRow.id)
+            .where(PayoutAccountRow.account_fp == account_fp)
+            .distinct()
+            .order_by(UserRow.id)
+        )
+        return [(user_id, fp) for user_id, fp in result]
 
 
 def _payout(row: PayoutRow) -> Payout:
@@ -924,6 +978,76 @@ class SqlAlchemyAuditRepository:
         )
         return [_audit_event(row) for row in result]
 
+    async def by_actor(
+        self, actor: str, actions: Sequence[str], since: datetime
+    ) -> Sequence[AuditEvent]:
+        """What one actor did since a time, among some actions, in order."""
+        result = await self._session.scalars(
+            select(AuditEventRow)
+            .where(
+                AuditEventRow.actor == actor,
+                AuditEventRow.action.in_(list(actions)),
+                AuditEventRow.at >= _utc(since),
+            )
+            .order_by(AuditEventRow.seq)
+        )
+        return [_audit_event(row) for row in result]
+
+    async def head(self) -> AuditEvent | None:
+        """The newest event: its hash stands for the whole chain (export it to anchor it)."""
+        row = await self._session.scalar(
+            select(AuditEventRow).order_by(AuditEventRow.seq.desc()).limit(1)
+        )
+        return None if row is None else _audit_event(row)
+
+
+# --------------------------------------------------------------------------------------------
+# The blacklist
+
+
+class SqlAlchemyRiskListRepository:
+    """Fingerprints of IDs, payout accounts and cards that are refused."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def add(self, kind: str, fp: str, reason: str, added_by: str, at: datetime) -> bool:
+        """List a fingerprint; False if it was already listed."""
+        if await self._row(kind, fp) is not None:
+            return False
+        self._session.add(
+            RiskListRow(kind=kind, fp=fp, reason=reason, added_by=added_by, added_at=_utc(at))
+        )
+        await self._session.flush()
+        return True
+
+    async def remove(self, kind: str, fp: str) -> bool:
+        """Unlist a fingerprint; False if it was not listed."""
+        row = await self._row(kind, fp)
+        if row is None:
+            return False
+        await self._session.delete(row)
+        await self._session.flush()
+        return True
+
+    async def hits(self, candidates: Mapping[str, str | None]) -> tuple[str, ...]:
+        """Which of the kinds (kind → fingerprint) are listed, in the order given."""
+        listed: list[str] = []
+        for kind, fp in candidates.items():
+            if fp and await self._row(kind, fp) is not None:
+                listed.append(kind)
+        return tuple(listed)
+
+    async def entries(self) -> Sequence[tuple[str, str, str, str, datetime]]:
+        """(kind, fingerprint, reason, added_by, added_at), newest first."""
+        rows = await self._session.scalars(select(RiskListRow).order_by(RiskListRow.id.desc()))
+        return [(r.kind, r.fp, r.reason, r.added_by, r.added_at) for r in rows]
+
+    async def _row(self, kind: str, fp: str) -> RiskListRow | None:
+        return await self._session.scalar(
+            select(RiskListRow).where(RiskListRow.kind == kind, RiskListRow.fp == fp)
+        )
+
 
 __all__ = [
     "SqlAlchemyAuditRepository",
@@ -936,5 +1060,306 @@ __all__ = [
     "SqlAlchemyPayoutAccountRepository",
     "SqlAlchemyPayoutRepository",
     "SqlAlchemyQuoteRepository",
+    "SqlAlchemyRiskListRepository",
     "SqlAlchemyUserRepository",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# WeChat channel: outbox, delivery windows, the shared access token
+
+WECHAT_OUTBOX: Table = metadata.tables[WeChatOutboxRow.__tablename__]
+WECHAT_CONTACTS: Table = metadata.tables[WeChatContactRow.__tablename__]
+_UNDELIVERED = ("pending", "held")
+
+
+def _outbound(row: Any) -> OutboundMessage:
+    return OutboundMessage(
+        openid=row.openid,
+        kind=row.kind,
+        text=row.text,
+        state=row.state,
+        created_at=row.created_at,
+        not_before=row.not_before,
+        attempts=row.attempts,
+        sent_at=row.sent_at,
+        via=row.via,
+        last_error=row.last_error,
+        id=row.id,
+    )
+
+
+class SqlAlchemyWeChatOutboxRepository(_Records[OutboundMessage, WeChatOutboxRow]):
+    """Claims are leases taken with a conditional UPDATE, so two processes never send the
+    same message; a process that dies mid-send loses its lease and another one sends."""
+
+    row_type, what = WeChatOutboxRow, "wechat outbox message"
+
+    def _record(self, row: WeChatOutboxRow) -> OutboundMessage:
+        return _outbound(row)
+
+    async def add(
+        self,
+        openid: str,
+        kind: str,
+        texts: Sequence[str],
+        at: datetime,
+        not_before: datetime | None = None,
+    ) -> Sequence[OutboundMessage]:
+        """Queue messages for a user (pending, due at ``not_before`` or now), in this order."""
+        rows = [
+            WeChatOutboxRow(
+                openid=openid,
+                kind=kind,
+                text=text,
+                state="pending",
+                attempts=0,
+                not_before=_utc(not_before or at),
+                created_at=_utc(at),
+            )
+            for text in texts
+        ]
+        for row in rows:  # one by one: ids follow the order of the texts
+            self._session.add(row)
+            await self._session.flush()
+        return [_outbound(row) for row in rows]
+
+    async def claim_due(
+        self, now: datetime, lease_until: datetime, limit: int
+    ) -> Sequence[OutboundMessage]:
+        """Lease the oldest undelivered message of each user when it is pending and due."""
+        now = _utc(now)
+        table = WECHAT_OUTBOX
+        earlier = table.alias("earlier")
+        free = (table.c.lease_until.is_(None)) | (table.c.lease_until < now)
+        candidates = await self._session.execute(
+            select(table.c.id)
+            .where(
+                table.c.state == "pending",
+                table.c.not_before <= now,
+                free,
+                ~select(earlier.c.id)
+                .where(
+                    earlier.c.openid == table.c.openid,
+                    earlier.c.state.in_(_UNDELIVERED),
+                    earlier.c.id < table.c.id,
+                )
+                .exists(),
+            )
+            .order_by(table.c.id)
+            .limit(limit)
+        )
+        claimed: list[OutboundMessage] = []
+        for (message_id,) in candidates.all():
+            result = await self._session.execute(
+                update(table)
+                .where(table.c.id == message_id, table.c.state == "pending", free)
+                .values(lease_until=_utc(lease_until), attempts=table.c.attempts + 1)
+                .returning(*table.c)
+            )
+            row = result.one_or_none()
+            if row is None:  # another process leased it between select and update
+                continue
+            head = _outbound(row)
+            # The same user's pending messages of the same kind right behind it go with it
+            # (they can be merged into one WeChat message); nobody else can claim them now.
+            boundary = await self._session.scalar(
+                select(func.min(table.c.id)).where(
+                    table.c.openid == head.openid,
+                    table.c.id > message_id,
+                    table.c.state.in_(_UNDELIVERED),
+                    (table.c.kind != head.kind)
+                    | (table.c.state != "pending")
+                    | (table.c.not_before > now)
+                    | ~free,
+                )
+            )
+            followers = await self._session.execute(
+                update(table)
+                .where(
+                    table.c.openid == head.openid,
+                    table.c.kind == head.kind,
+                    table.c.state == "pending",
+                    table.c.id > message_id,
+                    table.c.id < (boundary if boundary is not None else 2**62),
+                    table.c.not_before <= now,
+                    free,
+                )
+                .values(lease_until=_utc(lease_until), attempts=table.c.attempts + 1)
+                .returning(*table.c)
+            )
+            claimed += [head, *sorted(map(_outbound, followers), key=lambda m: m.id or 0)]
+        return claimed
+
+    async def _set(self, message_id: int, **values: Any) -> None:
+        await self._session.execute(
+            update(WECHAT_OUTBOX).where(WECHAT_OUTBOX.c.id == message_id).values(**values)
+        )
+
+    async def mark_sent(self, message_id: int, via: str, at: datetime) -> None:
+        """A leased message was delivered."""
+        await self._set(
+            message_id, state="sent", via=via, sent_at=_utc(at), lease_until=None, last_error=None
+        )
+
+    async def hold(self, message_id: int, reason: str) -> None:
+        """Keep the message for the user's next message."""
+        await self._set(message_id, state="held", lease_until=None, last_error=reason[:128])
+
+    async def retry_later(self, message_id: int, not_before: datetime, reason: str) -> None:
+        """Release the lease; try again from ``not_before``."""
+        await self._set(
+            message_id,
+            not_before=_utc(not_before),
+            lease_until=None,
+            last_error=reason[:128] or None,
+        )
+
+    async def take_undelivered(self, openid: str, at: datetime) -> Sequence[OutboundMessage]:
+        """Held or pending, unleased messages of a user, oldest first, now marked sent."""
+        at = _utc(at)
+        table = WECHAT_OUTBOX
+        result = await self._session.execute(
+            update(table)
+            .where(
+                table.c.openid == openid,
+                table.c.state.in_(_UNDELIVERED),
+                (table.c.lease_until.is_(None)) | (table.c.lease_until < at),
+            )
+            .values(state="sent", via="passive", sent_at=at, lease_until=None)
+            .returning(*table.c)
+        )
+        return sorted((_outbound(row) for row in result), key=lambda m: m.id or 0)
+
+    async def for_openid(self, openid: str) -> Sequence[OutboundMessage]:
+        """A user's messages, oldest first."""
+        result = await self._session.execute(
+            select(WECHAT_OUTBOX)
+            .where(WECHAT_OUTBOX.c.openid == openid)
+            .order_by(WECHAT_OUTBOX.c.id)
+        )
+        return [_outbound(row) for row in result]
+
+
+def _contact(row: Any) -> ContactWindow:
+    return ContactWindow(
+        openid=row.openid,
+        last_message_at=row.last_message_at,
+        message_sends=row.message_sends,
+        last_event_at=row.last_event_at,
+        event_sends=row.event_sends,
+    )
+
+
+class SqlAlchemyWeChatContactRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def get(self, openid: str) -> ContactWindow | None:
+        """A user's delivery window, or None before their first message."""
+        result = await self._session.execute(
+            select(WECHAT_CONTACTS).where(WECHAT_CONTACTS.c.openid == openid)
+        )
+        row = result.one_or_none()
+        return None if row is None else _contact(row)
+
+    async def touch(self, openid: str, at: datetime, by_message: bool) -> None:
+        """A new window opens at ``at`` (a message: 48 h; a click or follow: a minute)."""
+        at = _utc(at)
+        await self._session.execute(
+            _insert_or_ignore(
+                self._session,
+                WECHAT_CONTACTS,
+                {"openid": openid, "message_sends": 0, "event_sends": 0},
+                ["openid"],
+            )
+        )
+        values = (
+            {"last_message_at": at, "message_sends": 0}
+            if by_message
+            else {"last_event_at": at, "event_sends": 0}
+        )
+        await self._session.execute(
+            update(WECHAT_CONTACTS).where(WECHAT_CONTACTS.c.openid == openid).values(**values)
+        )
+
+    async def record_send(self, openid: str, window: str) -> None:
+        """One more customer-service message in the ``message`` or ``event`` window."""
+        column = {"message": "message_sends", "event": "event_sends"}[window]
+        await self._session.execute(
+            update(WECHAT_CONTACTS)
+            .where(WECHAT_CONTACTS.c.openid == openid)
+            .values({column: WECHAT_CONTACTS.c[column] + 1})
+        )
+
+    async def exhaust(self, openid: str, message_quota: int, event_quota: int) -> None:
+        """Count both windows as used up (WeChat refused for time or count)."""
+        await self._session.execute(
+            update(WECHAT_CONTACTS)
+            .where(WECHAT_CONTACTS.c.openid == openid)
+            .values(message_sends=message_quota, event_sends=event_quota)
+        )
+
+    async def language(self, openid: str) -> str | None:
+        """The language of the user behind this openid, or None before their first message."""
+        return await self._session.scalar(
+            select(UserRow.language)
+            .join(ChannelIdentityRow, ChannelIdentityRow.user_id == UserRow.id)
+            .where(
+                ChannelIdentityRow.channel == "wechat", ChannelIdentityRow.external_id == openid
+            )
+        )
+
+
+class SqlAlchemyWeChatTokenRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def get(self, app_id: str) -> CachedAccessToken | None:
+        """The stored token of an account, or None."""
+        row = await self._session.get(WeChatAccessTokenRow, app_id, populate_existing=True)
+        if row is None:
+            return None
+        return CachedAccessToken(row.app_id, row.token_enc, row.expires_at, row.fetched_at)
+
+    async def put(self, token: CachedAccessToken) -> None:
+        """Insert or replace an account's token."""
+        row = await self._session.get(WeChatAccessTokenRow, token.app_id)
+        if row is None:
+            try:
+                async with self._session.begin_nested():
+                    self._session.add(
+                        WeChatAccessTokenRow(
+                            app_id=token.app_id,
+                            token_enc=token.token_enc,
+                            expires_at=_utc(token.expires_at),
+                            fetched_at=_utc(token.fetched_at),
+                        )
+                    )
+                    await self._session.flush()
+                return
+            except SqlIntegrityError:
+                # Another process stored one first: replace it with ours (same stable token).
+                row = await self._session.get(
+                    WeChatAccessTokenRow, token.app_id, populate_existing=True
+                )
+                if row is None:
+                    raise
+        row.token_enc = token.token_enc
+        row.expires_at = _utc(token.expires_at)
+        row.fetched_at = _utc(token.fetched_at)
+        await self._session.flush()
+
+    async def discard(self, app_id: str) -> None:
+        """Forget an account's token."""
+        row = await self._session.get(WeChatAccessTokenRow, app_id)
+        if row is not None:
+            await self._session.delete(row)
+            await self._session.flush()
+
+
+__all__ += [
+    "SqlAlchemyWeChatContactRepository",
+    "SqlAlchemyWeChatOutboxRepository",
+    "SqlAlchemyWeChatTokenRepository",
 ]

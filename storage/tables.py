@@ -29,6 +29,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     String,
+    Text,
     UniqueConstraint,
     text,
 )
@@ -102,6 +103,7 @@ class UserRow(Base):
     phone_masked: Mapped[str | None] = mapped_column(String(32))
     verified_at: Mapped[datetime | None]
     kyc_level: Mapped[int] = mapped_column(Integer)
+    suspended_until: Mapped[datetime | None]
 
 
 class ChannelIdentityRow(Base):
@@ -192,6 +194,10 @@ class OrderRow(Base):
     created_at: Mapped[datetime] = mapped_column(index=True)
     updated_at: Mapped[datetime]
     settled_at: Mapped[datetime | None]
+    reviewed_at: Mapped[datetime | None]
+    reviewed_by: Mapped[str | None] = mapped_column(String(64))
+    review_note: Mapped[str | None] = mapped_column(String(500))
+    review_announced_at: Mapped[datetime | None]
 
 
 class PayoutAccountRow(Base):
@@ -267,12 +273,26 @@ class AuditEventRow(Base):
 
     seq: Mapped[int] = mapped_column(IdType, primary_key=True)
     at: Mapped[datetime]
-    actor: Mapped[str] = mapped_column(String(128))
+    actor: Mapped[str] = mapped_column(String(128), index=True)
     action: Mapped[str] = mapped_column(String(64))
     subject: Mapped[str] = mapped_column(String(128), index=True)
     details: Mapped[dict[str, Any]]
     prev_hash: Mapped[str] = mapped_column(String(64), unique=True)
     hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class RiskListRow(Base):
+    """The blacklist: fingerprints (never plaintext) of IDs, payout accounts and cards."""
+
+    __tablename__ = "risk_blacklist"
+    __table_args__ = (UniqueConstraint("kind", "fp"),)
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    fp: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(String(200))
+    added_by: Mapped[str] = mapped_column(String(64))
+    added_at: Mapped[datetime]
 
 
 class ConversationRow(Base):
@@ -301,3 +321,58 @@ class ProcessedInboundRow(Base):
 
 
 metadata = Base.metadata
+
+
+# --------------------------------------------------------------------------------------------
+# WeChat channel (bot/wechat/): what the channel must remember across processes and restarts.
+
+
+class WeChatOutboxRow(Base):
+    """Messages to a WeChat user that are not a passive reply (a reply that missed WeChat's
+    5 s window, the overflow of a long reply, a notification), delivered per user in id order.
+    ``state``: ``pending`` (to send), ``held`` (WeChat would not take it now: kept for the
+    user's next message), ``sent``. Texts are what the user reads: masked values only."""
+
+    __tablename__ = "wechat_outbox"
+    __table_args__ = (
+        Index("ix_wechat_outbox_openid_state_id", "openid", "state", "id"),
+        Index("ix_wechat_outbox_state_not_before", "state", "not_before"),
+    )
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    openid: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(16))
+    text: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer)
+    not_before: Mapped[datetime]
+    lease_until: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    sent_at: Mapped[datetime | None]
+    via: Mapped[str | None] = mapped_column(String(16))
+    last_error: Mapped[str | None] = mapped_column(String(128))
+
+
+class WeChatContactRow(Base):
+    """When a user last wrote (or clicked/followed) and how many customer-service messages
+    were sent since: WeChat's customer-service quota is counted from these."""
+
+    __tablename__ = "wechat_contacts"
+
+    openid: Mapped[str] = mapped_column(String(128), primary_key=True)
+    last_message_at: Mapped[datetime | None]
+    message_sends: Mapped[int] = mapped_column(Integer)
+    last_event_at: Mapped[datetime | None]
+    event_sends: Mapped[int] = mapped_column(Integer)
+
+
+class WeChatAccessTokenRow(Base):
+    """The account's access token, shared by every process; kept encrypted like other
+    credentials at rest."""
+
+    __tablename__ = "wechat_access_tokens"
+
+    app_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token_enc: Mapped[bytes]
+    expires_at: Mapped[datetime]
+    fetched_at: Mapped[datetime]

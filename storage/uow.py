@@ -18,7 +18,11 @@ from core.ports import (
     PayoutAccountRepository,
     PayoutRepository,
     QuoteRepository,
+    RiskListRepository,
     UserRepository,
+    WeChatContactRepository,
+    WeChatOutboxRepository,
+    WeChatTokenRepository,
 )
 from storage.repositories import (
     SqlAlchemyAuditRepository,
@@ -31,7 +35,11 @@ from storage.repositories import (
     SqlAlchemyPayoutAccountRepository,
     SqlAlchemyPayoutRepository,
     SqlAlchemyQuoteRepository,
+    SqlAlchemyRiskListRepository,
     SqlAlchemyUserRepository,
+    SqlAlchemyWeChatContactRepository,
+    SqlAlchemyWeChatOutboxRepository,
+    SqlAlchemyWeChatTokenRepository,
 )
 
 
@@ -50,6 +58,10 @@ class SqlAlchemyUnitOfWork:
     payouts: PayoutRepository
     ledger: LedgerRepository
     audit: AuditRepository
+    risk_list: RiskListRepository
+    wechat_outbox: WeChatOutboxRepository
+    wechat_contacts: WeChatContactRepository
+    wechat_tokens: WeChatTokenRepository
 
     def __init__(self, session_factory: async_sessionmaker[AsyncSession]) -> None:
         self._session_factory = session_factory
@@ -70,6 +82,10 @@ class SqlAlchemyUnitOfWork:
         self.payouts = SqlAlchemyPayoutRepository(session)
         self.ledger = SqlAlchemyLedgerRepository(session)
         self.audit = SqlAlchemyAuditRepository(session)
+        self.risk_list = SqlAlchemyRiskListRepository(session)
+        self.wechat_outbox = SqlAlchemyWeChatOutboxRepository(session)
+        self.wechat_contacts = SqlAlchemyWeChatContactRepository(session)
+        self.wechat_tokens = SqlAlchemyWeChatTokenRepository(session)
         return self
 
     async def __aexit__(

@@ -169,10 +169,18 @@ def _new_txn_id(now: datetime) -> str:
 class SandboxPayoutGateway:
     """A ``PayoutGateway`` over a local SQLite file, with documented magic-value failures."""
 
-    def __init__(self, state_path: Path, clock: Clock, late_seconds: float = 30.0) -> None:
+    def __init__(
+        self,
+        state_path: Path,
+        clock: Clock,
+        late_seconds: float = 30.0,
+        delay_seconds: float = 0.0,
+    ) -> None:
         self._path = Path(state_path)
         self._clock = clock
         self._late = timedelta(seconds=late_seconds)
+        # A slow provider: each transfer request takes this long (wall time) before it runs.
+        self._delay = max(0.0, delay_seconds)
         self._schema_lock = threading.Lock()
         self._schema_ready = False
 
@@ -180,6 +188,8 @@ class SandboxPayoutGateway:
 
     async def transfer(self, request: PayoutRequest) -> PayoutResult:
         """Send money; idempotent per reference; raises PayoutOutcomeUnknown when unsure."""
+        if self._delay:
+            await asyncio.sleep(self._delay)
         now = self._now()
         try:
             result, reply_lost = await asyncio.to_thread(self._transfer, request, now)

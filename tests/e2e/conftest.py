@@ -66,6 +66,8 @@ class Harness:
         database_url: str,
         lang: str = "zh",
         cards: Path = DEFAULT_CARDS,
+        risk_rules: Path | None = None,
+        channel: str = "console",
         **ports: Any,
     ) -> None:
         self.clock = FakeClock()
@@ -75,7 +77,9 @@ class Harness:
             data_key=None,
             data_key_file=tmp_path / "data.key",
             sandbox_cards=cards,
+            **({"risk_rules": risk_rules} if risk_rules else {}),
         )
+        self.channel_name = channel
         self.lang = lang
         self.user = "alice"
         self.ports = ports
@@ -87,7 +91,11 @@ class Harness:
     async def start(self) -> None:
         self.app = await build_app(self.settings, clock=self.clock, migrate=True, **self.ports)
         self.channel = ConsoleChannel(
-            self.app.conversation, user_id=self.user, lang=self.lang, write=self.transcript.append
+            self.app.conversation,
+            user_id=self.user,
+            lang=self.lang,
+            write=self.transcript.append,
+            channel=self.channel_name,
         )
 
     async def restart(self) -> None:
@@ -131,7 +139,7 @@ class Harness:
     async def step(self) -> str:
         assert self.app is not None
         async with self.app.uow_factory() as uow:
-            state = await uow.conversations.get("console", self.user)
+            state = await uow.conversations.get(self.channel_name, self.user)
         return state.step if state else "start"
 
     async def orders(self) -> list[Order]:

@@ -500,24 +500,24 @@ class TestStorageContract:
             assert await uow.orders.with_card_fp("same", []) == []
             assert await uow.orders.with_card_fp("unknown", holding) == []
 
-    async def test_payout_total_counts_orders_created_in_a_half_open_window(
+    async def test_payouts_since_lists_the_people_s_orders_from_a_time_on(
         self, uow_factory: SqlAlchemyUnitOfWorkFactory
     ) -> None:
-        since, until = T0, T0 + timedelta(days=1)
+        since = T0
         async with uow_factory() as uow:
             alice = await new_user(uow, "alice")
+            alice_wechat = await new_user(uow, "alice-wechat")
             bob = await new_user(uow, "bob")
             settled = OrderStatus.SETTLED
             await new_order(uow, alice, fp="1", at=since, status=settled, payout_fen=100)
             await new_order(
                 uow,
-                alice,
+                alice_wechat,
                 fp="2",
-                at=until - timedelta(microseconds=1),
+                at=since + timedelta(days=3),
                 status=settled,
                 payout_fen=20,
             )
-            await new_order(uow, alice, fp="3", at=until, status=settled, payout_fen=3_000)
             await new_order(
                 uow,
                 alice,
@@ -537,18 +537,92 @@ class TestStorageContract:
             await new_order(uow, bob, fp="6", at=since, status=settled, payout_fen=6_000_000)
             await uow.commit()
         async with uow_factory() as uow:
-            total = uow.orders.payout_total
-            assert await total(alice.id, since, until, [settled]) == 120
-            assert await total(alice.id, since.astimezone(BEIJING), until, [settled]) == 120
+            amounts = uow.orders.payouts_since
+            people = [alice.id, alice_wechat.id]
+            assert await amounts(people, since, [settled]) == [
+                (since, 100),
+                (since + timedelta(days=3), 20),
+            ]
+            assert await amounts(people, since.astimezone(BEIJING), [settled]) == [
+                (since, 100),
+                (since + timedelta(days=3), 20),
+            ]
             both = [settled, OrderStatus.REJECTED]
-            assert await total(alice.id, since, until, both) == 500_120
-            assert await total(alice.id, since, until, []) == 0
-            assert (
-                await total(
-                    alice.id, until + timedelta(days=1), until + timedelta(days=2), [settled]
-                )
-                == 0
+            assert [a for _, a in await amounts([alice.id], since, both)] == [100, 500_000]
+            assert await amounts([alice.id], since, []) == []
+            assert await amounts([], since, [settled]) == []
+            # Velocity counts every card quoted, whatever became of it.
+            assert await uow.orders.count_since(people, since) == 3
+            assert await uow.orders.count_since([bob.id], since + timedelta(seconds=1)) == 0
+            assert await uow.orders.count_since([], since) == 0
+
+    async def test_one_person_s_accounts_and_an_account_s_holders_are_found_by_fingerprint(
+        self, uow_factory: SqlAlchemyUnitOfWorkFactory
+    ) -> None:
+        async with uow_factory() as uow:
+            alice = await new_user(uow, "alice")
+            alice_wechat = await new_user(uow, "alice-wechat")
+            bob = await new_user(uow, "bob")
+            for user, id_fp in ((alice, "id-a"), (alice_wechat, "id-a"), (bob, "id-b")):
+                await uow.users.update(replace(user, id_number_fp=id_fp))
+            await new_account(uow, alice, fp="acct-shared")
+            await new_account(uow, bob, fp="acct-shared")
+            await new_account(uow, bob, fp="acct-bob")
+            await uow.commit()
+        async with uow_factory() as uow:
+            assert await uow.users.with_id_fp("id-a") == [alice.id, alice_wechat.id]
+            assert await uow.users.with_id_fp("nobody") == []
+            assert await uow.payout_accounts.holders("acct-shared") == [
+                (alice.id, "id-a"),
+                (bob.id, "id-b"),
+            ]
+            assert await uow.payout_accounts.holders("acct-bob") == [(bob.id, "id-b")]
+
+    async def test_the_blacklist_holds_fingerprints_once(
+        self, uow_factory: SqlAlchemyUnitOfWorkFactory
+    ) -> None:
+        async with uow_factory() as uow:
+            assert await uow.risk_list.add("id_number", "fp1", "fraud report", "admin:1", T0)
+            assert not await uow.risk_list.add("id_number", "fp1", "again", "admin:1", T0)
+            assert await uow.risk_list.add("card", "fp2", "stolen", "admin:1", T0)
+            await uow.commit()
+        async with uow_factory() as uow:
+            hits = await uow.risk_list.hits(
+                {"id_number": "fp1", "payout_account": "fp1", "card": "fp2"}
             )
+            assert hits == ("id_number", "card")
+            assert await uow.risk_list.hits({"id_number": None}) == ()
+            assert [e[:2] for e in await uow.risk_list.entries()] == [
+                ("card", "fp2"),
+                ("id_number", "fp1"),
+            ]
+            assert await uow.risk_list.remove("card", "fp2")
+            assert not await uow.risk_list.remove("card", "fp2")
+            await uow.commit()
+        async with uow_factory() as uow:
+            assert await uow.risk_list.hits({"card": "fp2"}) == ()
+
+    async def test_what_an_actor_did_lately_and_the_chain_head(
+        self, uow_factory: SqlAlchemyUnitOfWorkFactory
+    ) -> None:
+        async with uow_factory() as uow:
+            assert await uow.audit.head() is None
+            await uow.audit.append(T0, "user:1", "card.secret_wrong", "card_fp:x", {})
+            await uow.audit.append(T0 + timedelta(minutes=5), "user:1", "card.captured", "c", {})
+            await uow.audit.append(
+                T0 + timedelta(minutes=9), "user:2", "card.secret_wrong", "y", {}
+            )
+            last = await uow.audit.append(
+                T0 + timedelta(minutes=10), "user:1", "card.used_refused", "card:3", {}
+            )
+            await uow.commit()
+        async with uow_factory() as uow:
+            wanted = ("card.secret_wrong", "card.used_refused")
+            recent = await uow.audit.by_actor("user:1", wanted, T0)
+            assert [e.action for e in recent] == ["card.secret_wrong", "card.used_refused"]
+            later = await uow.audit.by_actor("user:1", wanted, T0 + timedelta(minutes=1))
+            assert [e.action for e in later] == ["card.used_refused"]
+            assert await uow.audit.head() == last
 
     # ---------------------------------------------------------------------------------------
     # Payout accounts and payouts

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta, timezone
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -13,15 +16,20 @@ from core.risk import (
     RiskDecision,
     RiskFacts,
     RiskPolicy,
+    RiskRulesError,
     assess,
+    near_line_days,
+    parse_policy,
     shanghai_date,
     shanghai_day_bounds,
+    streak_suspends,
 )
 
 POLICY = RiskPolicy()
+ROOT = Path(__file__).resolve().parents[2]
 
 
-def facts(**changes: int) -> RiskFacts:
+def facts(**changes: Any) -> RiskFacts:
     values = {
         "user_id": 7,
         "payout_fen": 45_900,
@@ -103,6 +111,110 @@ def test_the_outcome_follows_the_rules_for_any_facts(
         assert decision.outcome is RiskOutcome.REVIEW
     else:
         assert decision.outcome is RiskOutcome.APPROVE and decision.reasons == ()
+
+
+# --------------------------------------------------------------------------------------------
+# The other rules
+
+TODAY = date(2026, 11, 22)
+
+
+def test_structuring_just_under_the_line_on_three_days_in_a_week_goes_to_review() -> None:
+    near = {TODAY - timedelta(days=2): 4_600_000, TODAY - timedelta(days=5): 4_999_999}
+    # Today this order brings the total into the band too: the third day.
+    decision = assess(
+        facts(
+            day_total_fen=4_000_000, payout_fen=600_000, daily_totals={**near, TODAY: 4_000_000}
+        ),
+        POLICY,
+        TODAY,
+    )
+    assert decision.outcome is RiskOutcome.REVIEW and decision.reasons == ("risk.structuring",)
+    # Two days only, or one of them out of the 7-day window: nothing.
+    assert assess(facts(payout_fen=100, daily_totals=near), POLICY, TODAY).reasons == ()
+    old = {**near, TODAY - timedelta(days=7): 4_600_000}
+    assert assess(facts(payout_fen=100, daily_totals=old), POLICY, TODAY).reasons == ()
+    # Reaching the line is the daily rule, not structuring.
+    over = assess(
+        facts(
+            day_total_fen=4_600_000, payout_fen=400_000, daily_totals={**near, TODAY: 4_600_000}
+        ),
+        POLICY,
+        TODAY,
+    )
+    assert over.reasons == ("risk.daily_amount",)
+
+
+def test_near_line_days_counts_the_band_below_the_line_only() -> None:
+    totals = {TODAY: 4_499_999, TODAY - timedelta(days=1): 4_500_000}
+    assert near_line_days(totals, TODAY, 0, POLICY) == 1
+    assert near_line_days(totals, TODAY, 1, POLICY) == 2
+    assert near_line_days({TODAY: 4_999_999}, TODAY, 1, POLICY) == 0
+
+
+def test_more_than_ten_cards_in_half_an_hour_goes_to_review() -> None:
+    assert assess(facts(recent_cards=10), POLICY).reasons == ()
+    decision = assess(facts(recent_cards=11), POLICY)
+    assert decision.outcome is RiskOutcome.REVIEW and decision.reasons == ("risk.velocity",)
+
+
+def test_an_id_or_account_shared_with_someone_else_goes_to_review() -> None:
+    assert assess(facts(shared_id_users=1), POLICY).reasons == ("risk.shared_id",)
+    assert assess(facts(shared_account_people=2), POLICY).reasons == ("risk.shared_account",)
+
+
+def test_a_blacklisted_id_account_or_card_is_rejected() -> None:
+    decision = assess(facts(blacklisted=("payout_account",)), POLICY)
+    assert decision.outcome is RiskOutcome.REJECT and decision.reasons == ("risk.blacklisted",)
+
+
+def test_a_large_payout_from_a_brand_new_account_is_held() -> None:
+    young = timedelta(hours=23, minutes=59)
+    assert assess(facts(account_age=young, payout_fen=199_999), POLICY).reasons == ()
+    decision = assess(facts(account_age=young, payout_fen=200_000), POLICY)
+    assert decision.reasons == ("risk.new_account",)
+    assert assess(facts(account_age=timedelta(hours=24), payout_fen=200_000), POLICY).reasons == ()
+
+
+def test_five_failures_in_thirty_minutes_suspend() -> None:
+    now = datetime(2026, 11, 22, 6, 0, tzinfo=UTC)
+    four = [now - timedelta(minutes=m) for m in (1, 5, 10, 29)]
+    assert not streak_suspends(four, now, POLICY)
+    assert streak_suspends([*four, now], now, POLICY)
+    stale = [*four, now - timedelta(minutes=31)]
+    assert not streak_suspends(stale, now, POLICY)
+
+
+def test_the_shipped_rules_file_parses_to_the_documented_rules() -> None:
+    policy = parse_policy((ROOT / "bot" / "risk.toml").read_text(encoding="utf-8"))
+    assert policy.version == "2026-11-22.1"
+    assert replace(policy, version=POLICY.version) == POLICY
+
+
+def test_a_rule_left_out_of_the_file_is_off() -> None:
+    policy = parse_policy('version = "v-min"\n')
+    assert policy.structuring is None and policy.velocity is None and policy.blacklist is None
+    assert policy.daily_review_fen == 5_000_000
+    assert assess(facts(recent_cards=99, shared_id_users=3), policy).reasons == ()
+
+
+@pytest.mark.parametrize(
+    ("text", "complaint"),
+    [
+        ("nonsense = [", "not valid TOML"),
+        ("[velocity]\nmax_cards = 3", "version"),
+        ('version = "v"\n[velocity]\nmax_cards = "ten"', "velocity.max_cards"),
+        ('version = "v"\n[velocity]\nmax_cards = -1', "velocity.max_cards"),
+        ('version = "v"\n[velocity]\noutcome = "approve"', "must review or reject"),
+        ('version = "v"\n[velocity]\noutcome = "maybe"', "velocity.outcome"),
+        ('version = "v"\n[velocity]\nmax_card = 3', "unknown keys"),
+        ('version = "v"\n[weather]\nrain = 1', "unknown"),
+        ('version = "v"\n[structuring]\nband_low_fen = 6000000', "below the daily"),
+    ],
+)
+def test_a_malformed_rules_file_is_refused_with_what_is_wrong(text: str, complaint: str) -> None:
+    with pytest.raises(RiskRulesError, match=complaint):
+        parse_policy(text)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,175 @@
+"""Operator commands over the database: the manual-review queue and the blacklist.
+
+``cardbot review list [--json]`` — orders held by the risk rules, oldest first, masked.
+``cardbot review approve ORDER [--note TEXT] [--by NAME]`` — approve: the running bot pays it
+and tells the user. ``cardbot review reject ORDER --note TEXT [--by NAME]`` — reject with a
+reason the user is shown. ORDER is the order number (``CB00000012``) or its id.
+
+``cardbot risk blacklist add|remove --id NUMBER | --account METHOD:ACCOUNT | --card NUMBER``
+(``--reason`` for add) and ``cardbot risk blacklist list``: only fingerprints are stored, so
+the list itself reveals no ID, account or card number.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import date
+from typing import Any, TypeVar
+
+from bot.app import SystemClock
+from bot.keys import storage_for, vault_for
+from bot.settings import Settings
+from core import review
+from core.catalog import default_catalog, normalize_card_number
+from core.errors import CardbotError, PreconditionFailed
+from core.identity import parse_resident_id
+from core.masking import mask_name
+from core.model import PayoutMethod
+from core.money import yuan
+from core.ports import UnitOfWork
+from core.sale import normalize_account
+from storage.db import SqlAlchemyUnitOfWorkFactory
+
+T = TypeVar("T")
+
+
+def parse_order_ref(text: str) -> int:
+    """``CB00000012``, ``cb12`` or ``12`` → 12."""
+    raw = text.strip().upper().removeprefix("CB")
+    if not raw.isdigit() or int(raw) <= 0:
+        raise ValueError(f"not an order number: {text!r}")
+    return int(raw)
+
+
+async def _with_uow(settings: Settings, work: Callable[[UnitOfWork], Awaitable[T]]) -> T:
+    factory: SqlAlchemyUnitOfWorkFactory = await storage_for(settings)
+    try:
+        async with factory() as uow:
+            result = await work(uow)
+            await uow.commit()
+            return result
+    finally:
+        await factory.dispose()
+
+
+async def review_list(settings: Settings, as_json: bool) -> int:
+    async def work(uow: UnitOfWork) -> list[dict[str, Any]]:
+        rows = []
+        for order in await review.queue(uow):
+            user = await uow.users.get(order.user_id)
+            rows.append(
+                {
+                    "id": order.id,
+                    "number": order.number,
+                    "brand": order.brand,
+                    "card": order.card_masked,
+                    "payout_fen": order.payout_fen,
+                    "channel": order.channel,
+                    "person": mask_name(user.real_name) if user.real_name else None,
+                    "id_number": user.id_number_masked,
+                    "reasons": list(order.risk_reasons),
+                    "rules_version": order.risk_version,
+                    "created_at": order.created_at.isoformat(),
+                }
+            )
+        return rows
+
+    rows = await _with_uow(settings, work)
+    if as_json:
+        print(json.dumps(rows, ensure_ascii=False))
+        return 0
+    if not rows:
+        print("nothing waits for review")
+    for row in rows:
+        print(
+            f"{row['number']}  {row['brand']:<11} {row['card']:<22} payout "
+            f"{yuan(row['payout_fen']):>10}  {row['channel']:<8} {row['person'] or '-'} "
+            f"{row['id_number'] or '-'}  {', '.join(row['reasons'])}  {row['created_at'][:16]}"
+        )
+    return 0
+
+
+async def review_decide(
+    settings: Settings, ref: str, approve: bool, note: str, reviewer: str
+) -> int:
+    try:
+        order_id = parse_order_ref(ref)
+    except ValueError as exc:
+        print(f"cardbot: {exc}", file=sys.stderr)
+        return 2
+
+    async def work(uow: UnitOfWork) -> str:
+        order = await review.decide(uow, SystemClock(), order_id, approve, reviewer, note)
+        return order.number
+
+    try:
+        number = await _with_uow(settings, work)
+    except KeyError:
+        print(f"cardbot: no order {ref}", file=sys.stderr)
+        return 1
+    except PreconditionFailed as exc:
+        print(f"cardbot: {exc}", file=sys.stderr)
+        return 1
+    verb = "approved: the bot pays it and tells the user" if approve else "rejected"
+    print(f"{number} {verb}")
+    return 0
+
+
+def _fingerprint_of(settings: Settings, kind: str, value: str) -> str:
+    """The fingerprint the sale computes for the same ID, account or card."""
+    vault = vault_for(settings)
+    if kind == "id_number":
+        return vault.fingerprint("id_number", parse_resident_id(value, date.today()).number)
+    if kind == "payout_account":
+        method_name, _, account = value.partition(":")
+        method = PayoutMethod(method_name.strip().lower())
+        normalised, _ = normalize_account(method, account.strip())
+        return vault.fingerprint(f"payout.{method.value}", normalised)
+    number = normalize_card_number(value)
+    brand = default_catalog().match(number)
+    return vault.fingerprint("card", f"{brand.code}:{number}")
+
+
+async def blacklist(
+    settings: Settings, action: str, kind: str | None, value: str | None, reason: str, by: str
+) -> int:
+    if action == "list":
+
+        async def listing(uow: UnitOfWork) -> list[tuple[str, str, str, str, Any]]:
+            return list(await uow.risk_list.entries())
+
+        for entry_kind, fp, why, who, at in await _with_uow(settings, listing):
+            print(f"{entry_kind:<15} {fp[:16]}…  {at.isoformat()[:16]}  {who}  {why}")
+        return 0
+    if kind is None or value is None:
+        print("cardbot: give one of --id, --account METHOD:ACCOUNT, --card", file=sys.stderr)
+        return 2
+    try:
+        fp = _fingerprint_of(settings, kind, value)
+    except (CardbotError, ValueError) as exc:
+        print(f"cardbot: not a valid {kind.replace('_', ' ')}: {exc}", file=sys.stderr)
+        return 2
+    if action == "add" and not reason.strip():
+        print("cardbot: --reason is required (it is kept with the entry)", file=sys.stderr)
+        return 2
+    clock = SystemClock()
+
+    async def change(uow: UnitOfWork) -> bool:
+        if action == "add":
+            done = await uow.risk_list.add(kind, fp, reason.strip()[:200], by, clock.now())
+        else:
+            done = await uow.risk_list.remove(kind, fp)
+        if done:
+            await uow.audit.append(
+                clock.now(), by, f"blacklist.{action}", f"blacklist:{kind}", {"fp": fp[:16]}
+            )
+        return done
+
+    done = await _with_uow(settings, change)
+    if action == "add":
+        print("added to the blacklist" if done else "already on the blacklist")
+    else:
+        print("removed from the blacklist" if done else "was not on the blacklist")
+    return 0
