@@ -76,6 +76,15 @@ def _main(argv: Sequence[str] | None) -> int:
         decide.add_argument("--note", default="", help="shown to the user (required to reject)")
         decide.add_argument("--by", default="operator", help="who decides (kept in the audit)")
 
+    prices = sub.add_parser("prices", help="versioned rate tables (see bot/rates.toml)")
+    prices_sub = prices.add_subparsers(dest="prices_command", required=True)
+    imp = prices_sub.add_parser("import", help="import a rate table (TOML or CSV)")
+    imp.add_argument("file")
+    imp.add_argument("--from", dest="effective", help="ISO time with zone; default: now")
+    imp.add_argument("--version", help="the table's version (required for CSV)")
+    imp.add_argument("--by", default="operator")
+    prices_sub.add_parser("list", help="imported tables, newest first")
+
     risk_cmd = sub.add_parser("risk", help="risk controls")
     risk_sub = risk_cmd.add_subparsers(dest="risk_command", required=True)
     black = risk_sub.add_parser("blacklist", help="IDs, payout accounts, cards refused")
@@ -142,6 +151,16 @@ def _main(argv: Sequence[str] | None) -> int:
         approve = args.review_command == "approve"
         return asyncio.run(
             ops.review_decide(settings, args.order, approve, args.note, f"staff:{args.by}")
+        )
+    if args.command == "prices":
+        from bot import ops
+
+        if args.prices_command == "list":
+            return asyncio.run(ops.prices_list(settings))
+        return asyncio.run(
+            ops.prices_import(
+                settings, args.file, args.effective, args.version, f"staff:{args.by}"
+            )
         )
     if args.command == "risk":
         from bot import ops

@@ -12,10 +12,12 @@ the list itself reveals no ID, account or card number.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
-from datetime import date
+from dataclasses import replace
+from datetime import date, datetime
 from typing import Any, TypeVar
 
 from bot.app import SystemClock
@@ -26,7 +28,7 @@ from core.catalog import default_catalog, normalize_card_number
 from core.errors import CardbotError, PreconditionFailed
 from core.identity import parse_resident_id
 from core.masking import mask_name
-from core.model import PayoutMethod
+from core.model import PayoutMethod, RateTable
 from core.money import yuan
 from core.ports import UnitOfWork
 from core.sale import normalize_account
@@ -173,3 +175,133 @@ async def blacklist(
     else:
         print("removed from the blacklist" if done else "was not on the blacklist")
     return 0
+
+
+# --------------------------------------------------------------------------------------------
+# Rate tables
+
+
+async def prices_import(
+    settings: Settings,
+    path: str,
+    effective: str | None,
+    version: str | None,
+    by: str,
+) -> int:
+    """Import a rate table (TOML, or CSV of brand,up_to_fen,rate_bp) to take effect at a
+    time (default: now). Versions are immutable; quotes keep the version they were priced
+    with."""
+    import hashlib
+    from pathlib import Path
+
+    from core.pricing import (
+        RateTableError,
+        default_pricing,
+        pricing_to_dict,
+        rate_table_from_csv,
+        rate_table_from_toml,
+    )
+    from core.sale import pricing_in_force
+
+    file = Path(path)
+    try:
+        raw = await asyncio.to_thread(file.read_bytes)
+        text = raw.decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"cardbot: cannot read {file}: {exc}", file=sys.stderr)
+        return 2
+    clock = SystemClock()
+    try:
+        when = None if effective is None else _when(effective)
+    except ValueError as exc:
+        print(f"cardbot: --from {exc}", file=sys.stderr)
+        return 2
+    app_factory = await storage_for(settings)
+    try:
+        async with app_factory() as uow:
+            base = await pricing_in_force(uow, default_pricing(), clock.now())
+            try:
+                if file.suffix.lower() == ".csv":
+                    if not version:
+                        print("cardbot: a CSV table needs --version", file=sys.stderr)
+                        return 2
+                    policy = rate_table_from_csv(text, base, version, when)
+                else:
+                    policy = rate_table_from_toml(text)
+                    if version:
+                        policy = replace(policy, version=version)
+                    if when is not None:
+                        policy = replace(policy, effective_from=when)
+            except RateTableError as exc:
+                print(f"cardbot: {file}: {exc}", file=sys.stderr)
+                return 2
+            catalog = default_catalog()
+            codes = {brand.code for brand in catalog.brands()}
+            unknown = [code for code in policy.rates if code not in codes]
+            if unknown:
+                print(f"cardbot: {file}: unknown brands {unknown}", file=sys.stderr)
+                return 2
+            starts = policy.effective_from or clock.now()
+            if starts < clock.now():
+                print(f"note: {starts.isoformat()} is past: the table is in force at once")
+            policy = replace(policy, effective_from=starts)
+            table = RateTable(
+                version=policy.version,
+                effective_from=starts,
+                content=pricing_to_dict(policy),
+                sha256=hashlib.sha256(raw).hexdigest(),
+                imported_by=by,
+                imported_at=clock.now(),
+            )
+            if not await uow.rates.add(table):
+                print(
+                    f"cardbot: version {policy.version} exists; give the new table a new version",
+                    file=sys.stderr,
+                )
+                return 1
+            await uow.audit.append(
+                clock.now(),
+                by,
+                "rates.imported",
+                f"rates:{policy.version}",
+                {
+                    "effective_from": starts.isoformat(),
+                    "sha256": table.sha256,
+                    "brands": len(policy.rates),
+                    "previous": base.version,
+                },
+            )
+            await uow.commit()
+    finally:
+        await app_factory.dispose()
+    print(
+        f"imported rate table {policy.version}: {len(policy.rates)} brands, "
+        f"in force from {starts.isoformat()}"
+    )
+    return 0
+
+
+async def prices_list(settings: Settings) -> int:
+    """Every imported table, newest first, marking the one in force."""
+    clock = SystemClock()
+
+    async def work(uow: UnitOfWork) -> tuple[list[RateTable], RateTable | None]:
+        return list(await uow.rates.all()), await uow.rates.in_force(clock.now())
+
+    tables, current = await _with_uow(settings, work)
+    if not tables:
+        print("no imported rate tables: the shipped default is in force")
+    for table in tables:
+        mark = "  <- in force" if current is not None and table.version == current.version else ""
+        print(
+            f"{table.version:<24} from {table.effective_from.isoformat()}  "
+            f"by {table.imported_by}  sha256 {table.sha256[:12]}{mark}"
+        )
+    return 0
+
+
+def _when(text: str) -> datetime:
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        raise ValueError("needs a time zone, e.g. 2026-12-01T00:00:00+08:00")
+    return moment

@@ -113,6 +113,7 @@ class QuoteLine:
     key: str
     amount_fen: int | None = None
     rate_bp: int | None = None
+    label: str | None = None  # a name the line shows (e.g. the membership tier)
 
 
 @dataclass(frozen=True)
@@ -227,6 +228,18 @@ class AuditEvent:
     prev_hash: str
     hash: str
     seq: int | None = None
+
+
+@dataclass(frozen=True)
+class RateTable:
+    """A stored rate table: a pricing policy's data form, in force from ``effective_from``."""
+
+    version: str
+    effective_from: datetime
+    content: dict[str, Any]
+    sha256: str  # of the file it was imported from
+    imported_by: str
+    imported_at: datetime
 
 
 @dataclass(frozen=True)

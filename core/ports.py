@@ -26,6 +26,7 @@ from core.model import (
     PayoutMethod,
     PayoutState,
     Quote,
+    RateTable,
     User,
 )
 
@@ -396,6 +397,20 @@ class RiskListRepository(Protocol):
         ...
 
 
+class RateTableRepository(Protocol):
+    async def add(self, table: RateTable) -> bool:
+        """Store a rate table; False if its version exists already (versions are immutable)."""
+        ...
+
+    async def in_force(self, at: datetime) -> RateTable | None:
+        """The table in force at a time: the latest effective at or before it."""
+        ...
+
+    async def all(self) -> Sequence[RateTable]:
+        """Every table, by the time it takes effect, newest first."""
+        ...
+
+
 class UnitOfWork(Protocol):
     inbox: InboxRepository
     conversations: ConversationRepository
@@ -409,6 +424,7 @@ class UnitOfWork(Protocol):
     ledger: LedgerRepository
     audit: AuditRepository
     risk_list: RiskListRepository
+    rates: RateTableRepository
 
     async def __aenter__(self) -> Self: ...
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from core import ledger, masking
 from core.catalog import Catalog, normalize_card_number
@@ -60,7 +60,7 @@ from core.ports import (
     UnitOfWorkFactory,
     Vault,
 )
-from core.pricing import PricingPolicy, quote_card
+from core.pricing import PricingPolicy, pricing_from_dict, quote_card
 from core.risk import (
     SHANGHAI,
     RiskDecision,
@@ -82,6 +82,8 @@ SECRET_FAILURE_WINDOW = timedelta(hours=24)
 
 # What a person did that counts towards a suspension streak (risk.toml [streak]).
 STREAK_ACTIONS = ("card.secret_wrong", "card.used_refused")
+
+_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 
 IDENTITY_CONSENT = "identity"
 IDENTITY_CONSENT_VERSION = "2026-11-v1"
@@ -289,6 +291,29 @@ async def verify_card(uow: UnitOfWork, deps: SaleDeps, card: Card) -> Card:
     return card
 
 
+async def current_pricing(uow: UnitOfWork, deps: SaleDeps) -> PricingPolicy:
+    """The rate table in force now."""
+    return await pricing_in_force(uow, deps.pricing, deps.clock.now())
+
+
+async def pricing_in_force(uow: UnitOfWork, default: PricingPolicy, at: datetime) -> PricingPolicy:
+    """The rate table in force at a time: the latest imported one whose time has come, else
+    the shipped default."""
+    table = await uow.rates.in_force(at)
+    if table is None:
+        return default
+    return pricing_from_dict(table.content)
+
+
+async def lifetime_sold(uow: UnitOfWork, user: User) -> int:
+    """What the person (every account under their verified ID) has been paid by us so far."""
+    person = [user.id]
+    if user.id_number_fp:
+        person = sorted({user.id, *await uow.users.with_id_fp(user.id_number_fp)})
+    settled = await uow.orders.payouts_since(person, _EPOCH, [OrderStatus.SETTLED])
+    return sum(amount for _, amount in settled)
+
+
 async def quote_for(
     uow: UnitOfWork, deps: SaleDeps, user: User, card: Card, channel: str
 ) -> tuple[Quote, Order]:
@@ -296,13 +321,16 @@ async def quote_for(
     assert card.id is not None and card.balance_fen is not None
     assert card.face_value_fen is not None and card.expires is not None
     now = deps.clock.now()
+    pricing = await current_pricing(uow, deps)
+    tier = pricing.tier_for(await lifetime_sold(uow, user)) if pricing.tiers else None
     priced = quote_card(
-        deps.pricing,
+        pricing,
         card.brand,
         card.face_value_fen,
         card.balance_fen,
         card.expires,
         shanghai_date(now),
+        tier=tier,
     )
     quote = await uow.quotes.add(
         Quote(
@@ -317,8 +345,8 @@ async def quote_for(
             payout_fen=priced.payout_fen,
             lines=priced.lines,
             created_at=now,
-            expires_at=now + timedelta(minutes=deps.pricing.lock_minutes),
-            rates_version=deps.pricing.version,
+            expires_at=now + timedelta(minutes=pricing.lock_minutes),
+            rates_version=pricing.version,
         )
     )
     assert quote.id is not None

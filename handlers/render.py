@@ -39,11 +39,19 @@ def quote_text(t: Translator, catalog: Catalog, quote: Quote, card_masked: str) 
                 line.key,
                 amount=yuan(line.amount_fen) if line.amount_fen is not None else "",
                 rate=percent(line.rate_bp) if line.rate_bp is not None else "",
+                tier=tier_name(t, line.label) if line.label else "",
             )
         )
     minutes = max(1, round((quote.expires_at - quote.created_at).total_seconds() / 60))
     lines.append(t("quote.valid_until", time=local_time(quote.expires_at), minutes=minutes))
     return "\n".join(lines)
+
+
+def tier_name(t: Translator, name: str) -> str:
+    """A membership tier's name in the user's language (as configured when not translated)."""
+    key = f"tier.{name}"
+    text = t(key)
+    return name if text == key else text
 
 
 def status_text(t: Translator, status: str) -> str:
@@ -96,6 +104,23 @@ def prices_text(t: Translator, catalog: Catalog, pricing: PricingPolicy) -> str:
             expiry=percent(pricing.expiry_adjust_bp),
         )
     )
+    if pricing.batch_bonus_bp:
+        rows.append(
+            t(
+                "prices.batch",
+                cards=pricing.batch_min_cards,
+                bonus=percent(pricing.batch_bonus_bp),
+            )
+        )
+    for tier in pricing.tiers:
+        rows.append(
+            t(
+                "prices.tier",
+                tier=tier_name(t, tier.name),
+                amount=yuan(tier.min_lifetime_fen),
+                bonus=percent(tier.bonus_bp),
+            )
+        )
     return "\n".join(rows)
 
 

@@ -217,7 +217,8 @@ async def cmd_sell(ctx: Ctx) -> Step:
 
 
 async def cmd_prices(ctx: Ctx) -> Step:
-    text = render.prices_text(ctx.t, ctx.deps.catalog, ctx.deps.pricing)
+    pricing = await sale.current_pricing(ctx.uow, ctx.deps)
+    text = render.prices_text(ctx.t, ctx.deps.catalog, pricing)
     return Step(ctx.step, (Reply(text), *await PROMPTS[ctx.step](ctx)))
 
 

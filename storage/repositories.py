@@ -34,6 +34,7 @@ from core.model import (
     Posting,
     Quote,
     QuoteLine,
+    RateTable,
     User,
 )
 from core.ports import CachedAccessToken, ContactWindow, OutboundMessage
@@ -51,6 +52,7 @@ from storage.tables import (
     PayoutRow,
     ProcessedInboundRow,
     QuoteRow,
+    RateTableRow,
     RiskListRow,
     UserRow,
     WeChatAccessTokenRow,
@@ -482,7 +484,12 @@ def _quote(row: QuoteRow) -> Quote:
         fee_fen=row.fee_fen,
         payout_fen=row.payout_fen,
         lines=tuple(
-            QuoteLine(key=line["key"], amount_fen=line["amount_fen"], rate_bp=line["rate_bp"])
+            QuoteLine(
+                key=line["key"],
+                amount_fen=line["amount_fen"],
+                rate_bp=line["rate_bp"],
+                label=line.get("label"),
+            )
             for line in row.lines
         ),
         created_at=row.created_at,
@@ -511,7 +518,12 @@ class SqlAlchemyQuoteRepository(_Records[Quote, QuoteRow]):
             fee_fen=quote.fee_fen,
             payout_fen=quote.payout_fen,
             lines=[
-                {"key": line.key, "amount_fen": line.amount_fen, "rate_bp": line.rate_bp}
+                {
+                    "key": line.key,
+                    "amount_fen": line.amount_fen,
+                    "rate_bp": line.rate_bp,
+                    **({"label": line.label} if line.label else {}),
+                }
                 for line in quote.lines
             ],
             created_at=_utc(quote.created_at),
@@ -1002,6 +1014,67 @@ class SqlAlchemyAuditRepository:
 
 
 # --------------------------------------------------------------------------------------------
+# Rate tables
+
+
+class SqlAlchemyRateTableRepository:
+    """Versioned rate tables; the one in force is the latest whose time has come."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def add(self, table: RateTable) -> bool:
+        """Store a rate table; False if its version exists already (versions are immutable)."""
+        exists = await self._session.scalar(
+            select(RateTableRow.id).where(RateTableRow.version == table.version)
+        )
+        if exists is not None:
+            return False
+        self._session.add(
+            RateTableRow(
+                version=table.version,
+                effective_from=_utc(table.effective_from),
+                content=dict(table.content),
+                sha256=table.sha256,
+                imported_by=table.imported_by,
+                imported_at=_utc(table.imported_at),
+            )
+        )
+        await self._session.flush()
+        return True
+
+    async def in_force(self, at: datetime) -> RateTable | None:
+        """The table in force at a time: the latest effective at or before it."""
+        row = await self._session.scalar(
+            select(RateTableRow)
+            .where(RateTableRow.effective_from <= _utc(at))
+            .order_by(RateTableRow.effective_from.desc(), RateTableRow.id.desc())
+            .limit(1)
+        )
+        return None if row is None else _rate_table(row)
+
+    async def all(self) -> Sequence[RateTable]:
+        """Every table, by the time it takes effect, newest first."""
+        rows = await self._session.scalars(
+            select(RateTableRow).order_by(
+                RateTableRow.effective_from.desc(), RateTableRow.id.desc()
+            )
+        )
+        return [_rate_table(row) for row in rows]
+
+
+def _rate_table(row: RateTableRow) -> RateTable:
+    return RateTable(
+        version=row.version,
+        effective_from=row.effective_from,
+        content=row.content,
+        sha256=row.sha256,
+        imported_by=row.imported_by,
+        imported_at=row.imported_at,
+    )
+
+
+# --------------------------------------------------------------------------------------------
 # The blacklist
 
 
@@ -1060,6 +1133,7 @@ __all__ = [
     "SqlAlchemyPayoutAccountRepository",
     "SqlAlchemyPayoutRepository",
     "SqlAlchemyQuoteRepository",
+    "SqlAlchemyRateTableRepository",
     "SqlAlchemyRiskListRepository",
     "SqlAlchemyUserRepository",
 ]

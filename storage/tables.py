@@ -295,6 +295,21 @@ class RiskListRow(Base):
     added_at: Mapped[datetime]
 
 
+class RateTableRow(Base):
+    """A rate table (a pricing policy's data form), in force from ``effective_from``."""
+
+    __tablename__ = "rate_tables"
+    __table_args__ = (UniqueConstraint("version"),)
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    version: Mapped[str] = mapped_column(String(64))
+    effective_from: Mapped[datetime] = mapped_column(index=True)
+    content: Mapped[dict[str, Any]]
+    sha256: Mapped[str] = mapped_column(String(64))
+    imported_by: Mapped[str] = mapped_column(String(64))
+    imported_at: Mapped[datetime]
+
+
 class ConversationRow(Base):
     __tablename__ = "conversations"
     __table_args__ = (UniqueConstraint("channel", "user_key"),)

@@ -18,6 +18,7 @@ from core.ports import (
     PayoutAccountRepository,
     PayoutRepository,
     QuoteRepository,
+    RateTableRepository,
     RiskListRepository,
     UserRepository,
     WeChatContactRepository,
@@ -35,6 +36,7 @@ from storage.repositories import (
     SqlAlchemyPayoutAccountRepository,
     SqlAlchemyPayoutRepository,
     SqlAlchemyQuoteRepository,
+    SqlAlchemyRateTableRepository,
     SqlAlchemyRiskListRepository,
     SqlAlchemyUserRepository,
     SqlAlchemyWeChatContactRepository,
@@ -59,6 +61,7 @@ class SqlAlchemyUnitOfWork:
     ledger: LedgerRepository
     audit: AuditRepository
     risk_list: RiskListRepository
+    rates: RateTableRepository
     wechat_outbox: WeChatOutboxRepository
     wechat_contacts: WeChatContactRepository
     wechat_tokens: WeChatTokenRepository
@@ -83,6 +86,7 @@ class SqlAlchemyUnitOfWork:
         self.ledger = SqlAlchemyLedgerRepository(session)
         self.audit = SqlAlchemyAuditRepository(session)
         self.risk_list = SqlAlchemyRiskListRepository(session)
+        self.rates = SqlAlchemyRateTableRepository(session)
         self.wechat_outbox = SqlAlchemyWeChatOutboxRepository(session)
         self.wechat_contacts = SqlAlchemyWeChatContactRepository(session)
         self.wechat_tokens = SqlAlchemyWeChatTokenRepository(session)

@@ -27,6 +27,7 @@ from core.model import (
     Posting,
     Quote,
     QuoteLine,
+    RateTable,
     User,
 )
 from core.ports import UnitOfWork
@@ -577,6 +578,29 @@ class TestStorageContract:
                 (bob.id, "id-b"),
             ]
             assert await uow.payout_accounts.holders("acct-bob") == [(bob.id, "id-b")]
+
+    async def test_the_rate_table_in_force_is_the_latest_whose_time_has_come(
+        self, uow_factory: SqlAlchemyUnitOfWorkFactory
+    ) -> None:
+        def table(version: str, effective: datetime) -> RateTable:
+            return RateTable(version, effective, {"version": version}, "0" * 64, "staff:x", T0)
+
+        async with uow_factory() as uow:
+            assert await uow.rates.in_force(T0) is None
+            assert await uow.rates.add(table("a", T0))
+            assert await uow.rates.add(table("c", T0 + timedelta(days=2)))
+            assert await uow.rates.add(table("b", T0 + timedelta(days=1)))
+            assert not await uow.rates.add(table("a", T0 + timedelta(days=9)))
+            await uow.commit()
+        async with uow_factory() as uow:
+            in_force = uow.rates.in_force
+            assert (await in_force(T0 - timedelta(seconds=1))) is None
+            assert (await in_force(T0)).version == "a"  # type: ignore[union-attr]
+            later = T0 + timedelta(days=1, hours=1)
+            assert (await in_force(later.astimezone(BEIJING))).version == "b"  # type: ignore[union-attr]
+            assert [t.version for t in await uow.rates.all()] == ["c", "b", "a"]
+            [stored] = [t for t in await uow.rates.all() if t.version == "a"]
+            assert stored == table("a", T0)
 
     async def test_the_blacklist_holds_fingerprints_once(
         self, uow_factory: SqlAlchemyUnitOfWorkFactory
