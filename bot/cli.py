@@ -57,7 +57,10 @@ def _main(argv: Sequence[str] | None) -> int:
 
     audit = sub.add_parser("audit", help="the audit log")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
-    audit_sub.add_parser("verify", help="check the hash chain; exit 0 when intact")
+    verify = audit_sub.add_parser("verify", help="check the hash chain; exit 0 when intact")
+    verify.add_argument("--anchor", help="SEQ:HASH from an earlier `audit head`")
+    head = audit_sub.add_parser("head", help="the newest event's hash, to anchor outside")
+    head.add_argument("--json", action="store_true")
 
     keys = sub.add_parser("keys", help="data keys: status, rotation (see bot/keys.py)")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
@@ -131,7 +134,9 @@ def _main(argv: Sequence[str] | None) -> int:
 
         return asyncio.run(run_demo(args.lang, args.dir))
     if args.command == "audit":
-        return asyncio.run(_audit_verify(settings))
+        if args.audit_command == "head":
+            return asyncio.run(_audit_head(settings, bool(args.json)))
+        return asyncio.run(_audit_verify(settings, args.anchor))
     if args.command == "keys":
         from bot import keys as key_commands
 
@@ -197,9 +202,19 @@ async def _open(settings: Settings) -> SqlAlchemyUnitOfWorkFactory:
     return SqlAlchemyUnitOfWorkFactory.from_url(url)
 
 
-async def _audit_verify(settings: Settings) -> int:
+async def _audit_verify(settings: Settings, anchor: str | None) -> int:
+    """Check every link; with ``anchor`` (``SEQ:HASH`` from an earlier ``audit head``), also
+    that history up to it was not rewritten wholesale (a chain recomputed after tampering is
+    intact in itself, but no longer holds the anchored hash)."""
     from core.audit import verify_chain
 
+    anchored: tuple[int, str] | None = None
+    if anchor is not None:
+        seq_text, _, hash_text = anchor.partition(":")
+        if not seq_text.isdigit() or len(hash_text) != 64:
+            print("cardbot: --anchor takes SEQ:HASH as `audit head` prints it", file=sys.stderr)
+            return 2
+        anchored = (int(seq_text), hash_text.lower())
     factory = await _open(settings)
     try:
         async with factory() as uow:
@@ -207,11 +222,41 @@ async def _audit_verify(settings: Settings) -> int:
     finally:
         await factory.dispose()
     broken = verify_chain(events)
-    if broken is None:
-        print(f"audit chain intact: {len(events)} events")
-        return 0
-    print(f"audit chain BROKEN at event {broken}", file=sys.stderr)
-    return 1
+    if broken is not None:
+        print(f"audit chain BROKEN at event {broken}", file=sys.stderr)
+        return 1
+    if anchored is not None:
+        seq, expected = anchored
+        found = next((e for e in events if e.seq == seq), None)
+        if found is None or found.hash != expected:
+            print(
+                f"audit chain REWRITTEN: event {seq} no longer has the anchored hash",
+                file=sys.stderr,
+            )
+            return 1
+    print(f"audit chain intact: {len(events)} events" + (" (anchor holds)" if anchored else ""))
+    return 0
+
+
+async def _audit_head(settings: Settings, as_json: bool) -> int:
+    """Print the chain's newest link: publish or store it elsewhere (a notary, another
+    system's log, a dated email) and any later rewrite of history shows."""
+    factory = await _open(settings)
+    try:
+        async with factory() as uow:
+            head = await uow.audit.head()
+    finally:
+        await factory.dispose()
+    if head is None:
+        print("the audit log is empty", file=sys.stderr)
+        return 1
+    record = {"seq": head.seq, "hash": head.hash, "at": head.at.isoformat()}
+    if as_json:
+        print(json.dumps(record))
+    else:
+        print(f"audit head: event {head.seq} at {record['at']} hash {head.hash}")
+        print(f"anchor: {head.seq}:{head.hash}")
+    return 0
 
 
 async def _orders(settings: Settings, as_json: bool, limit: int) -> int:

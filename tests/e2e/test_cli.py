@@ -91,6 +91,55 @@ def test_audit_verify_passes_on_an_intact_chain_and_names_the_first_tampered_ent
     assert f"event {seq}" in broken.stderr
 
 
+def test_a_history_rewritten_with_fresh_hashes_fails_against_its_exported_head(
+    sold: Path, tmp_path: Path
+) -> None:
+    head = cardbot("audit", "head", "--json", var_dir=sold)
+    assert head.returncode == 0, head.stderr
+    record = json.loads(head.stdout)
+    anchor = f"{record['seq']}:{record['hash']}"
+    assert cardbot("audit", "verify", "--anchor", anchor, var_dir=sold).returncode == 0
+
+    rewritten = tmp_path / "rewritten"
+    rewritten.mkdir()
+    with (
+        sqlite3.connect(sold / "cardbot.db") as source,
+        sqlite3.connect(rewritten / "cardbot.db") as copy,
+    ):
+        source.backup(copy)
+    (rewritten / "data.key").write_bytes((sold / "data.key").read_bytes())
+    # Whoever rewrites the log recomputes every hash after the change: the chain is intact.
+    _rewrite_with_fresh_hashes(rewritten / "cardbot.db")
+    assert cardbot("audit", "verify", var_dir=rewritten).returncode == 0
+    result = cardbot("audit", "verify", "--anchor", anchor, var_dir=rewritten)
+    assert result.returncode == 1 and "REWRITTEN" in result.stderr
+    assert cardbot("audit", "verify", "--anchor", "nonsense", var_dir=sold).returncode == 2
+
+
+def _rewrite_with_fresh_hashes(path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from core.audit import GENESIS_HASH, chain_hash
+
+    with sqlite3.connect(path) as db:
+        rows = db.execute(
+            "SELECT seq, at, actor, action, subject, details FROM audit_events ORDER BY seq"
+        ).fetchall()
+        previous = GENESIS_HASH
+        db.execute("UPDATE audit_events SET prev_hash = 'x' || seq, hash = 'y' || seq")
+        for seq, at, actor, action, subject, details in rows:
+            data = json.loads(details)
+            if action == "quote.issued":
+                data["payout_fen"] = 1
+            moment = datetime.fromisoformat(at).replace(tzinfo=UTC)  # stored as naive UTC
+            digest = chain_hash(previous, moment, actor, action, subject, data)
+            db.execute(
+                "UPDATE audit_events SET details = ?, prev_hash = ?, hash = ? WHERE seq = ?",
+                (json.dumps(data), previous, digest, seq),
+            )
+            previous = digest
+
+
 def test_bad_settings_are_reported_without_a_traceback(tmp_path: Path) -> None:
     env_result = subprocess.run(
         [*CARDBOT, "orders"],
