@@ -8,10 +8,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bot.sandbox.issuer import SandboxCardIssuer
+from bot.sandbox.kyc import SandboxKycProvider
 from bot.sandbox.payouts import SandboxPayoutGateway
 from bot.settings import Settings
 from core.catalog import default_catalog
-from core.ports import CardIssuer, CardReader, Clock, PayoutGateway
+from core.ports import CardIssuer, CardReader, Clock, KycProvider, PayoutGateway
 from core.pricing import default_pricing
 from core.risk import RiskPolicy, RiskRulesError, parse_policy
 from core.sale import SaleDeps
@@ -67,6 +68,7 @@ async def build_app(
     reader: CardReader | None = None,
     issuer: CardIssuer | None = None,
     gateway: PayoutGateway | None = None,
+    kyc: KycProvider | None = None,
     migrate: bool | None = None,
 ) -> App:
     """Build cardbot from settings; tests pass fakes for the ports they control."""
@@ -103,6 +105,7 @@ async def build_app(
             gateway=gateway,
             vault=vault,
             clock=clock,
+            kyc=kyc or SandboxKycProvider(),
         ),
         reader=reader or PyzbarCardReader(),
         uow_factory=uow_factory,

@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     issuer: Literal["sandbox"] = Field(
         "sandbox", validation_alias=AliasChoices("CARDBOT_ISSUER", "issuer")
     )
+    kyc: Literal["sandbox"] = Field("sandbox", validation_alias=AliasChoices("CARDBOT_KYC", "kyc"))
     payout_gateway: Literal["sandbox"] = Field(
         "sandbox", validation_alias=AliasChoices("CARDBOT_PAYOUT_GATEWAY", "payout_gateway")
     )

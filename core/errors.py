@@ -59,6 +59,12 @@ class AccountSuspended(UserError):
     key = "risk.suspended"
 
 
+class KycMismatch(UserError):
+    """The real-name check says the bank card is not the verified person's (``reason``)."""
+
+    key = "kyc.mismatch"
+
+
 class CardUnusable(UserError):
     key = "error.card_unusable"
 
@@ -93,6 +99,10 @@ class IssuerUnavailable(ExternalError):
 
 class PayoutOutcomeUnknown(ExternalError):
     """The provider may or may not have executed the transfer; query under the same reference."""
+
+
+class KycUnavailable(ExternalError):
+    """The real-name check service did not answer; nothing was decided."""
 
 
 class IntegrityError(CardbotError):

@@ -154,6 +154,24 @@ class Clock(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class BankCardCheck:
+    """A bank-card four-element check (name, resident ID, phone, card): does the card belong to
+    this person? ``reason`` when not: ``name_mismatch``, ``id_mismatch``, ``phone_mismatch``,
+    ``card_invalid`` or ``card_unknown``."""
+
+    matched: bool
+    reason: str | None = None
+
+
+class KycProvider(Protocol):
+    async def verify_bank_card(
+        self, name: str, id_number: str, phone: str, card_number: str
+    ) -> BankCardCheck:
+        """Ask the real-name service; raises KycUnavailable when it cannot answer."""
+        ...
+
+
 class Notifier(Protocol):
     async def notify(self, channel: str, user_key: str, reply: Reply) -> None:
         """Send a message to a user outside the request/response of a conversation."""
@@ -454,12 +472,14 @@ class UnitOfWorkFactory(Protocol):
 
 __all__ = [
     "AuditEvent",
+    "BankCardCheck",
     "Barcode",
     "CardIssuer",
     "CardReader",
     "CardReading",
     "CardVerification",
     "Clock",
+    "KycProvider",
     "LedgerTransaction",
     "Notifier",
     "PayoutGateway",

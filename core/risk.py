@@ -106,6 +106,9 @@ class RiskPolicy:
     shared: SharedRule | None = field(default_factory=SharedRule)
     blacklist: RiskOutcome | None = RiskOutcome.REJECT
     new_account: NewAccountRule | None = field(default_factory=NewAccountRule)
+    # Identity levels: with name, ID and phone only (L1), a person sells up to this much a
+    # day (Asia/Shanghai); more needs a bank card in their name (L2). None: no L1 limit.
+    l1_daily_fen: int | None = 1_000_000
 
     @property
     def history_days(self) -> int:
@@ -150,6 +153,7 @@ _KNOWN_KEYS = {
     "shared": {"id_number", "payout_account"},
     "blacklist": {"outcome"},
     "new_account": {"hours", "min_payout_fen", "outcome"},
+    "identity": {"l1_daily_fen"},
 }
 
 
@@ -176,7 +180,12 @@ def parse_policy(text: str) -> RiskPolicy:
         shared=None,
         blacklist=None,
         new_account=None,
+        l1_daily_fen=None,
     )
+    if (t := _table(data, "identity")) is not None and "l1_daily_fen" in t:
+        policy = _with(
+            policy, l1_daily_fen=_int(t, "l1_daily_fen", "identity", 1_000_000, minimum=1)
+        )
     if (t := _table(data, "structuring")) is not None:
         low = _int(t, "band_low_fen", "structuring", 4_500_000, minimum=1)
         if low >= daily_review:

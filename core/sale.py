@@ -21,6 +21,8 @@ from core.errors import (
     CardNotFound,
     CardUnusable,
     IssuerUnavailable,
+    KycMismatch,
+    KycUnavailable,
     PayoutOutcomeUnknown,
     PreconditionFailed,
     QuoteExpired,
@@ -53,6 +55,7 @@ from core.orders import transition
 from core.ports import (
     CardIssuer,
     Clock,
+    KycProvider,
     PayoutGateway,
     PayoutRequest,
     PayoutResult,
@@ -119,6 +122,7 @@ class SaleDeps:
     gateway: PayoutGateway
     vault: Vault
     clock: Clock
+    kyc: KycProvider | None = None  # the real-name service for identity level 2
 
 
 @dataclass(frozen=True)
@@ -547,6 +551,72 @@ async def add_payout_account(
         {"method": method.value, "account": row.account_masked},
     )
     return row
+
+
+async def person_of(uow: UnitOfWork, user: User) -> list[int]:
+    """Every account of the person: all verified with the same resident ID (every channel)."""
+    if not user.id_number_fp:
+        return [user.id]
+    return sorted({user.id, *await uow.users.with_id_fp(user.id_number_fp)})
+
+
+async def sold_today(uow: UnitOfWork, deps: SaleDeps, user: User) -> int:
+    """What the person has sold today (Asia/Shanghai), in orders that count."""
+    start, _ = shanghai_day_bounds(deps.clock.now())
+    amounts = await uow.orders.payouts_since(
+        await person_of(uow, user), start, DAILY_AMOUNT_STATUSES
+    )
+    return sum(amount for _, amount in amounts)
+
+
+async def level_2_needed(uow: UnitOfWork, deps: SaleDeps, user: User, order: Order) -> int | None:
+    """The level-1 daily limit when this order would take the person past it without a
+    level-2 identity; None when the order may go on."""
+    limit = deps.risk.l1_daily_fen
+    if limit is None or user.kyc_level >= 2:
+        return None
+    if await sold_today(uow, deps, user) + order.payout_fen <= limit:
+        return None
+    return limit
+
+
+async def verify_level_2(
+    uow: UnitOfWork, deps: SaleDeps, user: User, card_text: str
+) -> tuple[User, PayoutAccount]:
+    """Check a bank card against the verified name, ID and phone (four elements) with the
+    real-name service. Matched: the person is level 2 and the card is saved as a payout
+    account in their name. Not matched: KycMismatch with the reason (the attempt is audited;
+    the caller keeps it). KycUnavailable when the service cannot answer."""
+    if not user.is_verified or not user.real_name or not user.id_number_enc:
+        raise PreconditionFailed("level 2 needs a level-1 identity first")
+    if deps.kyc is None:
+        raise KycUnavailable("no real-name service configured")
+    card, _ = normalize_bank_card(card_text)
+    id_number = deps.vault.decrypt(user.id_number_enc, user_context(user.id, "id_number"))
+    phone = (
+        deps.vault.decrypt(user.phone_enc, user_context(user.id, "phone"))
+        if user.phone_enc
+        else ""
+    )
+    check = await deps.kyc.verify_bank_card(user.real_name, id_number, phone, card)
+    now = deps.clock.now()
+    await uow.audit.append(
+        now,
+        f"user:{user.id}",
+        "identity.level2_checked",
+        f"user:{user.id}",
+        {
+            "matched": check.matched,
+            "reason": check.reason,
+            "card": masking.mask_account(PayoutMethod.BANK.value, card),
+        },
+    )
+    if not check.matched:
+        raise KycMismatch(f"kyc.{check.reason or 'name_mismatch'}")
+    user = replace(user, kyc_level=2)
+    await uow.users.update(user)
+    account = await add_payout_account(uow, deps, user, PayoutMethod.BANK, card)
+    return user, account
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,6 +15,8 @@ from core.errors import (
     CardNotRecognised,
     CardUnusable,
     InvalidIdentity,
+    KycMismatch,
+    KycUnavailable,
     QuoteExpired,
     WrongSecret,
 )
@@ -40,8 +42,10 @@ AWAIT_ACCOUNT = "await_account"
 AWAIT_BANK_CONFIRM = "await_bank_confirm"
 AWAIT_PAYOUT_CONFIRM = "await_payout_confirm"
 AWAIT_SETTLEMENT = "await_settlement"  # confirmed; the card is being redeemed and paid out
+AWAIT_LEVEL2_CARD = "await_level2_card"  # over the level-1 daily limit: a bank card to check
 
 MAX_SECRET_ATTEMPTS = 3
+MAX_LEVEL2_ATTEMPTS = 3
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,6 +156,12 @@ async def prompt_bank_confirm(ctx: Ctx) -> tuple[Reply, ...]:
             ),
         ),
     )
+
+
+async def prompt_level2_card(ctx: Ctx) -> tuple[Reply, ...]:
+    order_id = int(ctx.data["order_id"])
+    cancel = Option(f"pay.cancel:{order_id}", ctx.t("pay.cancel"))
+    return (Reply(ctx.t("identity.ask_bank_card"), (cancel,)),)
 
 
 async def prompt_payout_confirm(ctx: Ctx) -> tuple[Reply, ...]:
@@ -583,6 +593,11 @@ async def on_payout_confirm(ctx: Ctx) -> Step:
     if order.status is not OrderStatus.ACCEPTED:
         _clear_sale(ctx)
         return Step(START, (Reply(ctx.t("quote.no_longer_open")), *await prompt_start(ctx)))
+    limit = await sale.level_2_needed(ctx.uow, ctx.deps, ctx.user, order)
+    if limit is not None:
+        ctx.data["level2_attempts"] = 0
+        needed = Reply(ctx.t("identity.level2_needed", limit=yuan(limit)))
+        return Step(AWAIT_LEVEL2_CARD, (needed, *await prompt_level2_card(ctx)))
     order, decision = await sale.submit_order(ctx.uow, ctx.deps, order, account)
     if order.status is OrderStatus.REJECTED:
         _clear_sale(ctx)
@@ -596,6 +611,38 @@ async def on_payout_confirm(ctx: Ctx) -> Step:
             START, (Reply(ctx.t("risk.review", order=order.number)), *await prompt_start(ctx))
         )
     return _settle_step(ctx, order)
+
+
+async def on_level2_card(ctx: Ctx) -> Step:
+    """A bank card in the person's own name lifts the level-1 daily limit (four-element check);
+    the message that carried it is deleted whatever the answer."""
+    try:
+        user, _ = await sale.verify_level_2(ctx.uow, ctx.deps, ctx.user, ctx.inbound.text or "")
+    except KycMismatch as refusal:
+        attempts = int(ctx.data.get("level2_attempts", 0)) + 1
+        ctx.data["level2_attempts"] = attempts
+        said = Reply(ctx.t(refusal.key), delete_inbound=True)
+        if attempts >= MAX_LEVEL2_ATTEMPTS:
+            await sale.cancel_order(
+                ctx.uow, ctx.deps, int(ctx.data["order_id"]), f"user:{ctx.user.id}"
+            )
+            _clear_sale(ctx)
+            failed = Reply(ctx.t("identity.level2_failed"))
+            return Step(START, (said, failed, *await prompt_start(ctx)))
+        return Step(AWAIT_LEVEL2_CARD, (said, *await prompt_level2_card(ctx)))
+    except KycUnavailable:
+        busy = Reply(ctx.t("error.kyc_unavailable"), delete_inbound=True)
+        return Step(AWAIT_LEVEL2_CARD, (busy, *await prompt_level2_card(ctx)))
+    ctx.user = user
+    done = Reply(ctx.t("identity.level2_done"), delete_inbound=True)
+    return Step(AWAIT_PAYOUT_CONFIRM, (done, *await prompt_payout_confirm(ctx)))
+
+
+async def on_level2_choice(ctx: Ctx) -> Step:
+    """The only choice while a bank card is awaited: give up and cancel the order."""
+    await sale.cancel_order(ctx.uow, ctx.deps, int(ctx.data["order_id"]), f"user:{ctx.user.id}")
+    _clear_sale(ctx)
+    return Step(START, (Reply(ctx.t("sell.cancelled")), *await prompt_start(ctx)))
 
 
 SETTLING = (OrderStatus.APPROVED, OrderStatus.REDEEMED, OrderStatus.PAYING, OrderStatus.SETTLED)
@@ -728,6 +775,8 @@ TABLE: dict[tuple[str, InputKind], StepHandler] = {
     (AWAIT_BANK_CONFIRM, CHOICE): on_bank_confirm,
     (AWAIT_PAYOUT_CONFIRM, CHOICE): on_payout_confirm,
     (AWAIT_SETTLEMENT, CHOICE): on_settlement_status,
+    (AWAIT_LEVEL2_CARD, TEXT): on_level2_card,
+    (AWAIT_LEVEL2_CARD, CHOICE): on_level2_choice,
 }
 
 COMMANDS: dict[str, StepHandler] = {
@@ -754,10 +803,11 @@ PROMPTS = {
     AWAIT_BANK_CONFIRM: prompt_bank_confirm,
     AWAIT_PAYOUT_CONFIRM: prompt_payout_confirm,
     AWAIT_SETTLEMENT: prompt_settlement,
+    AWAIT_LEVEL2_CARD: prompt_level2_card,
 }
 
 
-SENSITIVE = frozenset({AWAIT_SECRET, AWAIT_ID, AWAIT_PHONE, AWAIT_ACCOUNT})
+SENSITIVE = frozenset({AWAIT_SECRET, AWAIT_ID, AWAIT_PHONE, AWAIT_ACCOUNT, AWAIT_LEVEL2_CARD})
 
 
 def sell_flow() -> Flow:
