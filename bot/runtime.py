@@ -20,6 +20,7 @@ import contextlib
 import importlib
 import logging
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -70,6 +71,11 @@ class ChannelRunner(Protocol):
 
 
 RunnerFactory = Callable[["App", RunOptions], Awaitable[ChannelRunner]]
+
+
+class ChannelConfigError(RuntimeError):
+    """A channel cannot start with these settings; the message names what is missing or wrong.
+    ``cardbot run`` prints it and exits with status 2."""
 
 
 class UnknownChannel(LookupError):
@@ -128,7 +134,12 @@ async def run(settings: Settings, channels: Sequence[str], options: RunOptions) 
             loop.add_signal_handler(sig, stop.set)
     try:
         for channel in channels:
-            runners.append(await runner_factory(channel)(app, options))
+            try:
+                runners.append(await runner_factory(channel)(app, options))
+            except ChannelConfigError as exc:
+                log.error("cannot start %s: %s", channel, exc)
+                print(f"cardbot: cannot start {channel}: {exc}", file=sys.stderr)
+                return 2
         routes = [route for runner in runners for route in runner.routes()]
         if routes:
             web_app = web.Application(client_max_size=1024 * 1024)

@@ -1,0 +1,92 @@
+"""Telegram updates → the channel-neutral :class:`~core.messages.Inbound`: pure functions.
+
+**The dedupe key.** ``Inbound.message_id`` is what the engine records in the inbox in the same
+transaction as the message's effect. It is *not* the update_id: update ids are sequential only
+until the bot has a week without updates, after which the sequence restarts at a random number —
+an update_id alone could then collide with an old recorded one and silently swallow a new
+message. The key names the thing whose effect must happen once:
+
+- a message: ``m:<chat id>:<message id>`` — message ids are unique within a chat and never
+  reused, and the same message redelivered (getUpdates without confirmation, a webhook retry,
+  a switch between polling and webhook) carries the same pair whatever its update_id;
+- a button press: ``cb:<callback query id>`` — unique per press across Telegram.
+
+Adding the update_id would not make these more unique, and would make a message redelivered
+under another update_id count twice, so it is left out. Updates that have no effect of their own
+(``my_chat_member``, edits) need no key.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Sequence
+from pathlib import PurePosixPath
+
+from aiogram.types import Document, PhotoSize
+
+MAX_DOWNLOAD_BYTES = 20 * 1024 * 1024  # the Bot API's getFile limit
+MAX_CALLBACK_BYTES = 64
+HASHED_PREFIX = "#"
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif"}
+)
+
+
+def message_key(chat_id: int, message_id: int) -> str:
+    """The inbox key of a message (see the module docstring)."""
+    return f"m:{chat_id}:{message_id}"
+
+
+def callback_key(query_id: str) -> str:
+    """The inbox key of a button press."""
+    return f"cb:{query_id}"
+
+
+def encode_option(option_id: str) -> str:
+    """Callback data for an option: the id itself when it fits in 64 bytes, else a short hash
+    that :func:`decode_option` maps back through the options on the user's screen."""
+    raw = option_id.encode()
+    if len(raw) <= MAX_CALLBACK_BYTES and not option_id.startswith(HASHED_PREFIX):
+        return option_id
+    digest = hashlib.sha256(raw).digest()[:18]
+    return HASHED_PREFIX + base64.urlsafe_b64encode(digest).decode()
+
+
+def decode_option(data: str, on_screen: Sequence[str]) -> str:
+    """The option id behind callback data. A hash that matches nothing on screen (an old
+    keyboard, garbage) is passed on as it is: the conversation refuses it with a clear reply."""
+    if not data.startswith(HASHED_PREFIX):
+        return data
+    for option_id in on_screen:
+        if encode_option(option_id) == data:
+            return option_id
+    return data
+
+
+def parse_command(text: str) -> tuple[str, str] | None:
+    """``/sell@CardBot args`` → (``sell``, ``args``); None when the text is not a command."""
+    if not text.startswith("/") or len(text) < 2:
+        return None
+    head, _, args = text[1:].partition(" ")
+    name = head.split("@", 1)[0].lower()
+    if not name:
+        return None
+    return name, args.strip()
+
+
+def pick_photo(sizes: Sequence[PhotoSize], limit: int = MAX_DOWNLOAD_BYTES) -> PhotoSize | None:
+    """The largest size of a photo that can be downloaded (≤ ``limit`` bytes when its size is
+    known); None when every size is over the limit."""
+    fitting = [s for s in sizes if s.file_size is None or s.file_size <= limit]
+    if not fitting:
+        return None
+    return max(fitting, key=lambda s: (s.width * s.height, s.file_size or 0))
+
+
+def is_image_document(document: Document) -> bool:
+    """A file that is a picture (by its MIME type or, failing that, its name)."""
+    if document.mime_type and document.mime_type.lower().startswith("image/"):
+        return True
+    suffix = PurePosixPath(document.file_name or "").suffix.lower()
+    return suffix in IMAGE_SUFFIXES
