@@ -15,7 +15,7 @@ from core.catalog import default_catalog
 from core.ports import CardIssuer, CardReader, Clock, KycProvider, PayoutGateway
 from core.pricing import default_pricing
 from core.risk import RiskPolicy, RiskRulesError, parse_policy
-from core.sale import SaleDeps
+from core.sale import SaleDeps, SettlementPolicy
 from handlers.engine import Conversation, Services
 from handlers.sell import sell_flow
 from storage.crypto import load_vault
@@ -111,3 +111,4 @@ async def build_app(
         uow_factory=uow_factory,
     )
     return App(settings, uow_factory, services, Conversation(services, sell_flow()))
+            settlement=SettlementPolicy(settings.settlement, settings.settlement_batch_hour),

@@ -39,6 +39,15 @@ class Settings(BaseSettings):
     issuer: Literal["sandbox"] = Field(
         "sandbox", validation_alias=AliasChoices("CARDBOT_ISSUER", "issuer")
     )
+    settlement: Literal["t0", "t1"] = Field(
+        "t0", validation_alias=AliasChoices("CARDBOT_SETTLEMENT", "settlement")
+    )
+    settlement_batch_hour: int = Field(
+        10,
+        ge=0,
+        le=23,
+        validation_alias=AliasChoices("CARDBOT_SETTLEMENT_BATCH_HOUR", "settlement_batch_hour"),
+    )
     kyc: Literal["sandbox"] = Field("sandbox", validation_alias=AliasChoices("CARDBOT_KYC", "kyc"))
     payout_gateway: Literal["sandbox"] = Field(
         "sandbox", validation_alias=AliasChoices("CARDBOT_PAYOUT_GATEWAY", "payout_gateway")

@@ -112,6 +112,33 @@ DAILY_AMOUNT_STATUSES = (
 
 
 @dataclass(frozen=True)
+class SettlementPolicy:
+    """When payouts go out. ``t0``: as soon as the card is redeemed. ``t1``: the card is
+    redeemed at once (its balance is ours), and the payout waits for the next day's batch at
+    ``batch_hour`` o'clock Asia/Shanghai (every calendar day; Alipay, WeChat and bank transfers
+    run at weekends too)."""
+
+    mode: str = "t0"
+    batch_hour: int = 10
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("t0", "t1"):
+            raise ValueError(f"settlement mode must be t0 or t1, not {self.mode!r}")
+        if not 0 <= self.batch_hour <= 23:
+            raise ValueError("batch_hour must be an hour of the day (0-23)")
+
+    def release_at(self, reserved_at: datetime) -> datetime | None:
+        """When a payout reserved at ``reserved_at`` may be sent; None: at once."""
+        if self.mode == "t0":
+            return None
+        following = shanghai_date(reserved_at) + timedelta(days=1)
+        local = datetime(
+            following.year, following.month, following.day, self.batch_hour, tzinfo=SHANGHAI
+        )
+        return local.astimezone(UTC)
+
+
+@dataclass(frozen=True)
 class SaleDeps:
     """Everything the sale needs from outside, passed explicitly."""
 
@@ -123,6 +150,7 @@ class SaleDeps:
     vault: Vault
     clock: Clock
     kyc: KycProvider | None = None  # the real-name service for identity level 2
+    settlement: SettlementPolicy = SettlementPolicy()
 
 
 @dataclass(frozen=True)
@@ -817,6 +845,8 @@ async def _send_payout(uow_factory: UnitOfWorkFactory, deps: SaleDeps, order_id:
             return
         if payout.state in (PayoutState.SUCCEEDED, PayoutState.FAILED):
             return
+        if payout_waits(deps, payout):
+            return  # T+1: the next batch sends it
         account = await uow.payout_accounts.get(payout.payout_account_id)
         request = PayoutRequest(
             reference=payout.reference,
@@ -839,6 +869,14 @@ async def _send_payout(uow_factory: UnitOfWorkFactory, deps: SaleDeps, order_id:
     except PayoutOutcomeUnknown:
         result = None
     await _record_payout_outcome(uow_factory, deps, order_id, result)
+
+
+def payout_waits(deps: SaleDeps, payout: Payout) -> datetime | None:
+    """When a payout never sent yet waits for a later batch: the time it goes; else None."""
+    if payout.state is not PayoutState.PENDING or payout.attempts:
+        return None
+    release = deps.settlement.release_at(payout.created_at)
+    return release if release is not None and deps.clock.now() < release else None
 
 
 # A final provider answer: the ledger transaction it posts, the order's new status, the audit

@@ -722,6 +722,18 @@ async def settlement_outcome(services: Services, t: Translator, order: Order) ->
             to=START,
             data=_cleared_data(),
         )
+    if order.status is OrderStatus.PAYING:
+        async with services.uow_factory() as uow:
+            payout = await uow.payouts.for_order(order.id)
+        release = sale.payout_waits(services.sale, payout) if payout else None
+        if release is not None:
+            text = t(
+                "pay.scheduled",
+                order=order.number,
+                amount=yuan(order.payout_fen),
+                time=render.local_time(release),
+            )
+            return AfterCommit((Reply(text), menu(t)), to=START, data=_cleared_data())
     # Still approved (the issuer is down) or paying (the provider has not confirmed): it will
     # be finished in the background and the user told.
     return AfterCommit(

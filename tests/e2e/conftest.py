@@ -68,6 +68,7 @@ class Harness:
         cards: Path = DEFAULT_CARDS,
         risk_rules: Path | None = None,
         channel: str = "console",
+        overrides: dict[str, Any] | None = None,
         **ports: Any,
     ) -> None:
         self.clock = FakeClock()
@@ -78,6 +79,7 @@ class Harness:
             data_key_file=tmp_path / "data.key",
             sandbox_cards=cards,
             **({"risk_rules": risk_rules} if risk_rules else {}),
+            **(overrides or {}),
         )
         self.channel_name = channel
         self.lang = lang
