@@ -339,10 +339,9 @@ async def pricing_in_force(uow: UnitOfWork, default: PricingPolicy, at: datetime
 
 async def lifetime_sold(uow: UnitOfWork, user: User) -> int:
     """What the person (every account under their verified ID) has been paid by us so far."""
-    person = [user.id]
-    if user.id_number_fp:
-        person = sorted({user.id, *await uow.users.with_id_fp(user.id_number_fp)})
-    settled = await uow.orders.payouts_since(person, _EPOCH, [OrderStatus.SETTLED])
+    settled = await uow.orders.payouts_since(
+        await person_of(uow, user), _EPOCH, [OrderStatus.SETTLED]
+    )
     return sum(amount for _, amount in settled)
 
 
@@ -659,9 +658,7 @@ async def risk_facts(
     now = deps.clock.now()
     policy = deps.risk
     user = await uow.users.get(order.user_id)
-    person = [user.id]
-    if user.id_number_fp:
-        person = sorted({user.id, *await uow.users.with_id_fp(user.id_number_fp)})
+    person = await person_of(uow, user)
     holders = await uow.orders.with_card_fp(order.card_fp, CARD_HOLDING_STATUSES)
     others = [o for o in holders if o.id != order.id]
     window_start = shanghai_day_bounds(now)[0] - timedelta(days=policy.history_days - 1)
