@@ -124,6 +124,16 @@ async def run(settings: Settings, channels: Sequence[str], options: RunOptions) 
     from bot.logs import configure_logging
 
     configure_logging(settings.log_level, settings.var_dir / "cardbot.log")
+    for channel in channels:
+        # Fail fast on missing settings, before migrating or loading anything.
+        check = getattr(importlib.import_module(f"bot.{channel}"), "check_settings", None)
+        try:
+            if check is not None:
+                check(settings)
+        except ChannelConfigError as exc:
+            log.error("cannot start %s: %s", channel, exc)
+            print(f"cardbot: cannot start {channel}: {exc}", file=sys.stderr)
+            return 2
     app = await build_app(settings)
     runners: list[ChannelRunner] = []
     site_runner: web.AppRunner | None = None
