@@ -60,15 +60,16 @@ async def announce_review_decisions(services: Services, notifier: Notifier) -> i
 async def _reachable(
     services: Services, order: Order
 ) -> tuple[ChannelIdentity, Translator] | None:
-    """The user's identity on the order's channel, if they can still be reached."""
+    """The user's identity on the order's channel. One marked unreachable (blocked the bot,
+    unfollowed) is still returned: the channel keeps or drops the notice as it can (WeChat
+    holds it for the user's next message), and the order stays visible in /orders."""
     async with services.uow_factory() as uow:
         user = await uow.users.get(order.user_id)
         identities = [
-            i
-            for i in await uow.users.identities(order.user_id)
-            if i.channel == order.channel and i.reachable
+            i for i in await uow.users.identities(order.user_id) if i.channel == order.channel
         ]
     if not identities:
-        log.warning("order %s changed but its user has no reachable identity", order.id)
+        log.warning("order %s changed but its user has no identity on %s", order.id, order.channel)
         return None
+    identities.sort(key=lambda i: not i.reachable)
     return identities[0], Translator(user.language)

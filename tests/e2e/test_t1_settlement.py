@@ -53,6 +53,11 @@ async def test_a_t1_payout_waits_for_the_next_morning_batch_then_pays_once(
         await finish_unfinished(h.app.services, told)
         assert gateway.sent == [] and told.texts == []
 
+        # The user unfollowed meanwhile: the notice still goes to the channel, which keeps it
+        # for them (WeChat holds it for their next message) rather than dropping it here.
+        async with h.app.uow_factory() as uow:
+            await uow.users.set_reachable("console", h.user, False)
+            await uow.commit()
         h.clock.advance(minutes=1)  # 10:00: the batch goes
         await finish_unfinished(h.app.services, told)
         await finish_unfinished(h.app.services, told)  # a second pass pays nothing more
