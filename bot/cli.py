@@ -103,6 +103,10 @@ def _main(argv: Sequence[str] | None) -> int:
     orders.add_argument("--json", action="store_true")
     orders.add_argument("--limit", type=int, default=100)
 
+    from bot.reconcile import add_parsers as add_reconcile_parsers
+
+    add_reconcile_parsers(sub)  # reconcile FILE, sandbox statement
+
     args = parser.parse_args(argv)
     if args.command == "scan":
         from vision.cli import scan_main
@@ -187,6 +191,10 @@ def _main(argv: Sequence[str] | None) -> int:
         )
     if args.command == "orders":
         return asyncio.run(_orders(settings, bool(args.json), int(args.limit)))
+    if args.command in ("reconcile", "sandbox"):
+        from bot.reconcile import run_parsed
+
+        return run_parsed(settings, args)
     parser.error(f"unknown command {args.command}")
     return 2
 

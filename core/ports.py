@@ -356,6 +356,14 @@ class PayoutRepository(Protocol):
         """Store state, attempts, provider ids."""
         ...
 
+    async def for_reconciliation(
+        self, since: datetime | None, until: datetime | None, references: Sequence[str]
+    ) -> Sequence[tuple[Payout, Order]]:
+        """Every payout, with its order, of each order that has a payout created in
+        ``[since, until)`` or one under a reference listed; every payout when both bounds are
+        None. Oldest first."""
+        ...
+
 
 class LedgerRepository(Protocol):
     async def post(self, txn: LedgerTransaction) -> LedgerTransaction:
@@ -368,6 +376,10 @@ class LedgerRepository(Protocol):
 
     async def transactions(self, order_id: int | None = None) -> Sequence[LedgerTransaction]:
         """Transactions, oldest first, optionally for one order."""
+        ...
+
+    async def for_orders(self, order_ids: Sequence[int]) -> Sequence[LedgerTransaction]:
+        """The transactions of some orders, oldest first."""
         ...
 
 

@@ -853,6 +853,43 @@ class SqlAlchemyPayoutRepository:
         row.updated_at = _utc(payout.updated_at)
         await self._session.flush()
 
+    async def for_reconciliation(
+        self, since: datetime | None, until: datetime | None, references: Sequence[str]
+    ) -> Sequence[tuple[Payout, Order]]:
+        """Every payout, with its order, of each order that has a payout created in
+        ``[since, until)`` or one under a listed reference (all when both bounds are None),
+        oldest first."""
+        query = select(PayoutRow, OrderRow).join(OrderRow, OrderRow.id == PayoutRow.order_id)
+        if since is not None or until is not None:
+            in_period = select(PayoutRow.order_id)
+            if since is not None:
+                in_period = in_period.where(PayoutRow.created_at >= _utc(since))
+            if until is not None:
+                in_period = in_period.where(PayoutRow.created_at < _utc(until))
+            order_ids = set(await self._session.scalars(in_period))
+            for chunk in _chunks(list(dict.fromkeys(references))):
+                order_ids.update(
+                    await self._session.scalars(
+                        select(PayoutRow.order_id).where(PayoutRow.reference.in_(chunk))
+                    )
+                )
+            found: list[tuple[Payout, Order]] = []
+            for ids in _chunks(sorted(order_ids)):
+                rows = await self._session.execute(query.where(PayoutRow.order_id.in_(ids)))
+                found += [(_payout(payout), _order(order)) for payout, order in rows]
+            return sorted(found, key=lambda pair: pair[0].id or 0)
+        rows = await self._session.execute(query.order_by(PayoutRow.id))
+        return [(_payout(payout), _order(order)) for payout, order in rows]
+
+
+# Bound parameters per IN (...) list: well under SQLite's and asyncpg's limits (32,766/32,767).
+_CHUNK = 1000
+ItemT = TypeVar("ItemT")
+
+
+def _chunks(values: Sequence[ItemT]) -> list[Sequence[ItemT]]:
+    return [values[i : i + _CHUNK] for i in range(0, len(values), _CHUNK)]
+
 
 # --------------------------------------------------------------------------------------------
 # Ledger and audit (append-only)
@@ -921,6 +958,39 @@ class SqlAlchemyLedgerRepository:
             )
             for txn in txns
         ]
+
+    async def for_orders(self, order_ids: Sequence[int]) -> Sequence[LedgerTransaction]:
+        """The transactions of some orders, oldest first."""
+        found: list[tuple[int, LedgerTransaction]] = []
+        for ids in _chunks(sorted(set(order_ids))):
+            txns = list(
+                await self._session.scalars(
+                    select(LedgerTransactionRow).where(LedgerTransactionRow.order_id.in_(ids))
+                )
+            )
+            postings: dict[str, list[Posting]] = {txn.id: [] for txn in txns}
+            for txn_ids in _chunks(list(postings)):
+                rows = await self._session.scalars(
+                    select(LedgerPostingRow)
+                    .where(LedgerPostingRow.transaction_id.in_(txn_ids))
+                    .order_by(LedgerPostingRow.id)
+                )
+                for row in rows:
+                    postings[row.transaction_id].append(Posting(row.account, row.amount_fen))
+            found += [
+                (
+                    txn.seq,
+                    LedgerTransaction(
+                        kind=txn.kind,
+                        postings=tuple(postings[txn.id]),
+                        created_at=txn.created_at,
+                        order_id=txn.order_id,
+                        id=txn.id,
+                    ),
+                )
+                for txn in txns
+            ]
+        return [txn for _, txn in sorted(found, key=lambda pair: pair[0])]
 
 
 def _audit_event(row: AuditEventRow) -> AuditEvent:

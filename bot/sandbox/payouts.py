@@ -47,6 +47,7 @@ from typing import Any
 from core.errors import PayoutOutcomeUnknown
 from core.model import PayoutMethod, PayoutState
 from core.ports import Clock, PayoutRequest, PayoutResult
+from core.reconcile import StatementRow
 
 __all__ = ["ReferenceConflict", "SandboxPayoutGateway"]
 
@@ -95,6 +96,7 @@ class _Mode:
 
 
 _SUCCEED = _Mode(PayoutState.SUCCEEDED)
+_METHODS = frozenset(m.value for m in PayoutMethod)
 
 # Table order is precedence: an account that says both "fail" and "late" fails.
 _MAGIC: tuple[tuple[str, str, _Mode], ...] = (
@@ -229,6 +231,39 @@ class SandboxPayoutGateway:
                 "failure_reason": row[5],
             }
             for row in rows
+        ]
+
+    def statement(
+        self, since: datetime | None = None, until: datetime | None = None
+    ) -> list[StatementRow]:
+        """The provider's statement: every transfer it received in ``[since, until)`` (all of
+        them when both are None), in arrival order, as ``cardbot reconcile`` reads it."""
+        now = self._now()
+        query = f"SELECT {_COLUMNS} FROM transfers"
+        bounds: list[str] = []
+        if since is not None:
+            bounds.append(_iso(since))
+            query += " WHERE created_at >= ?"
+        if until is not None:
+            bounds.append(_iso(until))
+            query += (" AND" if since is not None else " WHERE") + " created_at < ?"
+        with self._transaction() as conn:
+            self._settle_due(conn, now)
+            rows = conn.execute(query + " ORDER BY rowid", bounds).fetchall()
+        return [
+            StatementRow(
+                reference=row[0],
+                method=PayoutMethod(row[1]),
+                amount_fen=row[4],
+                state=PayoutState(row[5]),
+                provider_txn_id=row[6],
+                failure_reason=row[7],
+                created_at=_parse(row[8]),
+                completed_at=_parse(row[10]),
+            )
+            for row in rows
+            # A request refused as INVALID_METHOD names no method a statement could list.
+            if row[1] in _METHODS
         ]
 
     # -- blocking work, run in a thread -----------------------------------------------------
