@@ -27,6 +27,8 @@ RTMART = "2801527364099"  # no secret, ¥500
 SINOPEC_55K = ("1000111300245180527", "369369")  # ¥55,000: manual review
 
 NAME, ID_NUMBER, PHONE = "李雷", "11010519491231002X", "13912345678"
+# A bank card the sandbox real-name service accepts as 李雷's (bot/sandbox/kyc.py).
+LEVEL2_CARD = "6222021234567894"
 ALIPAY = "lilei.pays@example.com"
 
 ZH = Translator("zh")
@@ -388,11 +390,19 @@ async def test_the_same_card_cannot_be_sold_twice(harness: Harness, tmp_path: Pa
         await other.close()
 
 
+async def verify_level_2(h: Harness) -> None:
+    """Over the level-1 daily limit: a bank card in one's own name, then confirm again."""
+    assert await h.step() == "await_level2_card"
+    await h.say(LEVEL2_CARD)
+    await h.choose("pay.confirm")
+
+
 async def test_a_large_sale_waits_for_manual_review_before_any_payout(harness: Harness) -> None:
     await play(harness, SCRIPT[:2])
     await harness.say(SINOPEC_55K[0])
     await harness.say(SINOPEC_55K[1])
     await play(harness, SCRIPT[4:])
+    await verify_level_2(harness)
     [order] = await harness.orders()
     assert order.status is OrderStatus.REVIEW
     assert "人工审核" in harness.text()
@@ -452,6 +462,7 @@ async def test_a_card_already_held_by_another_order_is_rejected_with_the_reason(
     await harness.say(SINOPEC_55K[0])
     await harness.say(SINOPEC_55K[1])
     await play(harness, SCRIPT[4:])
+    await verify_level_2(harness)
     [held] = await harness.orders()
     assert held.status is OrderStatus.REVIEW  # not redeemed yet: the issuer still says active
 
@@ -463,6 +474,7 @@ async def test_a_card_already_held_by_another_order_is_rejected_with_the_reason(
         await bob.say(SINOPEC_55K[0])
         await bob.say(SINOPEC_55K[1])
         await play(bob, SCRIPT[4:])
+        await verify_level_2(bob)
         assert ZH("risk.same_card") in bob.text()
         orders = await bob.orders()
         assert sorted(o.status.value for o in orders) == ["rejected", "review"]
