@@ -61,6 +61,13 @@ def load_risk_policy(path: Path) -> RiskPolicy:
         raise ConfigError(f"risk rules {path}: {exc}") from None
 
 
+def _warmed_reader() -> PyzbarCardReader:
+    """The photo reader, its OCR models loading on a background thread (start-up goes on)."""
+    reader = PyzbarCardReader()
+    reader.warm_up_in_background()
+    return reader
+
+
 async def build_app(
     settings: Settings,
     *,
@@ -106,9 +113,9 @@ async def build_app(
             vault=vault,
             clock=clock,
             kyc=kyc or SandboxKycProvider(),
+            settlement=SettlementPolicy(settings.settlement, settings.settlement_batch_hour),
         ),
-        reader=reader or PyzbarCardReader(),
+        reader=reader or _warmed_reader(),
         uow_factory=uow_factory,
     )
     return App(settings, uow_factory, services, Conversation(services, sell_flow()))
-            settlement=SettlementPolicy(settings.settlement, settings.settlement_batch_hour),

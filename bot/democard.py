@@ -114,6 +114,8 @@ class Shot:
     glare: float = 0.0  # 0–1: a specular highlight's strength
     glare_at: tuple[float, float] = (0.3, 0.3)  # its centre, as fractions of the card
     jpeg_quality: int = 90  # chat apps recompress hard (WeChat ~ 40–60)
+    # A thumb over part of the card: (left, top, right, bottom) as fractions of the card.
+    thumb: tuple[float, float, float, float] | None = None
 
 
 def render_hard_card_photo(
@@ -134,6 +136,12 @@ def render_hard_card_photo(
 
 
 def _shoot(card: Image.Image, shot: Shot) -> Image.Image:
+    if shot.thumb is not None:
+        card = card.copy()
+        left, top, right, bottom = shot.thumb
+        box = (card.width * left, card.height * top, card.width * right, card.height * bottom)
+        thumb_radius = int(card.width * (right - left) / 2)
+        ImageDraw.Draw(card).rounded_rectangle(box, radius=thumb_radius, fill=(222, 170, 138, 255))
     canvas_w, canvas_h = shot.canvas
     scale = shot.card_width_px / card.width
     half_w, half_h = card.width * scale / 2, card.height * scale / 2

@@ -48,6 +48,8 @@ def scan_main(paths: list[str], as_json: bool, out: TextIO | None = None) -> int
     """Scan each image and print what was read; 0 if every file could be opened, else 1."""
     stream = out if out is not None else sys.stdout
     reader = PyzbarCardReader()
+    if reader.ocr is not None:
+        reader.ocr.warm_up()  # a second, once: otherwise the first photos are read without OCR
     status = 0
     for path in paths:
         try:

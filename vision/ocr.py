@@ -7,7 +7,10 @@ reads barcodes only, and ``OCR_MISSING`` says how to switch OCR on.
 
 Cost control (one core): text is *detected* on a small copy of the photo (long side
 ``DETECT_SIDE``), and only the boxes shaped like a printed number are *recognised*, from the
-full-size photo, largest first, while the caller's deadline allows.
+full-size photo, largest first, while the caller's deadline allows. The models load once per
+process (``load_ocr`` hands out one shared reader); the app warms them up at start on a
+background thread, and a photo that arrives before they are ready is read without OCR rather
+than made to wait for them.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ OCR_MISSING: Final = (
     "`pip install 'cardbot[ocr]'` (make setup does)."
 )
 
-DETECT_SIDE: Final = 640  # card-number print (~3 mm) is ~15 px high here on a filled frame
+DETECT_SIDE: Final = 400  # card-number print (~3 mm) is ~10 px high here on a filled frame
 MIN_SCORE: Final = 0.8  # recognition confidence below this is a guess, not a reading
 MIN_DIGITS: Final = 8  # shorter runs are dates, prices, phone extensions
 MAX_DIGITS: Final = 24
@@ -52,6 +55,14 @@ class DigitReader(Protocol):
 
     def read_digits(self, gray: Image.Image, remaining_ms: Callable[[], float]) -> DigitReading:
         """Digit runs found, most confident first; stops when remaining_ms() runs out."""
+        ...
+
+    def expected_ms(self, gray: Image.Image) -> float:
+        """Predicted milliseconds of a useful read of this photo (detection, the number line)."""
+        ...
+
+    def warm_up(self) -> None:
+        """Load models and calibrate cost estimates, blocking; safe to call more than once."""
         ...
 
 
@@ -89,17 +100,28 @@ class RapidOcrDigitReader:
     def __init__(self) -> None:
         self._engine: Any = None
         self._lock = threading.Lock()
+        self._warming = threading.Lock()
+        self._warm = threading.Event()
         self._ms_per_det_pixel = 0.0
         self._ms_per_rec_column = 0.0
 
+    @property
+    def ready(self) -> bool:
+        """Whether the models are loaded and the cost estimates calibrated."""
+        return self._warm.is_set()
+
     def warm_up(self) -> None:
-        """Load the models and calibrate the cost estimates (about half a second, once)."""
-        engine = self._load()
-        # Twice each: the first inference of a session pays for its memory plans.
-        for _ in range(2):
-            self._ms_per_det_pixel = self._ms_per_rec_column = 0.0
-            self._detect(engine, np.full((360, 480, 3), 255, dtype=np.uint8))
-            self._recognise(engine, np.full((48, 320, 3), 255, dtype=np.uint8))
+        """Load the models and calibrate the cost estimates (about a second, once)."""
+        with self._warming:
+            if self._warm.is_set():
+                return
+            engine = self._load()
+            # Twice each: the first inference of a session pays for its memory plans.
+            for _ in range(2):
+                self._ms_per_det_pixel = self._ms_per_rec_column = 0.0
+                self._detect(engine, np.full((360, 480, 3), 255, dtype=np.uint8))
+                self._recognise(engine, np.full((48, 320, 3), 255, dtype=np.uint8))
+            self._warm.set()
 
     def _detect(self, engine: Any, rgb: Any) -> Any:
         began = time.thread_time()
@@ -135,10 +157,24 @@ class RapidOcrDigitReader:
         small = fit(gray, DETECT_SIDE)
         return COST_MARGIN * self._ms_per_det_pixel * small.width * small.height
 
+    def expected_ms(self, gray: Image.Image) -> float:
+        """Predicted milliseconds of detection plus the number's line (0 before warm_up).
+
+        One line: recognition stops at the first line that holds a card number, and the
+        number is printed biggest, so it is almost always the first line tried.
+        """
+        if not self.ready:
+            return 0.0
+        return self.detect_cost_ms(gray) + COST_MARGIN * self._ms_per_rec_column * 320
+
     def read_digits(self, gray: Image.Image, remaining_ms: Callable[[], float]) -> DigitReading:
-        """Digit runs found, most confident first; stops when remaining_ms() runs out."""
-        if self._engine is None:
-            self.warm_up()
+        """Digit runs found, most confident first; stops when remaining_ms() runs out.
+
+        Before the models are warm this reads nothing (``complete=False``): loading them takes
+        longer than any photo's deadline.
+        """
+        if not self.ready:
+            return DigitReading(complete=False)
         engine = self._engine
         small = fit(gray, DETECT_SIDE)
         if self.detect_cost_ms(gray) > remaining_ms():
@@ -148,20 +184,22 @@ class RapidOcrDigitReader:
             return DigitReading()
         ratio = gray.width / small.width
         candidates = [box * ratio for box in boxes if _aspect(box) >= MIN_BOX_ASPECT]
-        # Largest lines first: the card number is usually the biggest line of digits.
-        candidates.sort(key=lambda box: -float(np.linalg.norm(box[0] - box[1])))
-        full = _rgb(gray)
+        # Largest lines first (by area: long and tall): the card number is printed big.
+        candidates.sort(key=lambda box: -_area(box))
         found: list[tuple[float, str]] = []
         complete = True
         for box in candidates[:MAX_BOXES]:
-            (crop,) = engine.get_crop_img_list(full, [box.astype(np.float32)])
+            crop = _line(engine, gray, box)
             if COST_MARGIN * self._ms_per_rec_column * _rec_columns(crop) > remaining_ms():
                 complete = False
                 break
             text, score = self._recognise(engine, crop)
             if score < MIN_SCORE:
                 continue
-            found.extend((score, run) for run in digit_runs(text))
+            line_runs = digit_runs(text)
+            found.extend((score, run) for run in line_runs)
+            if line_runs:
+                break  # the card number's line; recognising the fine print costs more time
         found.sort(key=lambda item: -item[0])
         runs = tuple(dict.fromkeys(run for _, run in found))
         return DigitReading(runs=runs, complete=complete)
@@ -177,6 +215,20 @@ def _moving(average: float, sample: float) -> float:
 def _rec_columns(crop: Any) -> float:
     # Recognition scales every line to 48 px high; its cost follows the resulting width.
     return max(320.0, 48 * float(crop.shape[1]) / max(1, int(crop.shape[0])))
+
+
+def _line(engine: Any, gray: Image.Image, box: Any) -> Any:
+    """One text line cut out upright, as RGB; only its neighbourhood is converted."""
+    left, top = (max(0, int(v) - 2) for v in box.min(axis=0))
+    right, bottom = (int(v) + 3 for v in box.max(axis=0))
+    rgb = _rgb(gray.crop((left, top, right, bottom)))
+    shifted = (box - np.array([left, top], dtype=box.dtype)).astype(np.float32)
+    (crop,) = engine.get_crop_img_list(rgb, [shifted])
+    return crop
+
+
+def _area(box: Any) -> float:
+    return float(np.linalg.norm(box[0] - box[1]) * np.linalg.norm(box[0] - box[3]))
 
 
 def _aspect(box: Any) -> float:
@@ -195,9 +247,18 @@ def ocr_available() -> bool:
     return importlib.util.find_spec("rapidocr_onnxruntime") is not None
 
 
+_shared: RapidOcrDigitReader | None = None
+_shared_lock = threading.Lock()
+
+
 def load_ocr() -> RapidOcrDigitReader | None:
-    """The OCR digit reader, or None (with a log line saying how to install it) when absent."""
+    """The process's OCR digit reader (one, so its models load once), or None, with a log line
+    saying how to install it, when the extra is absent."""
+    global _shared
     if not ocr_available():
         log.warning(OCR_MISSING)
         return None
-    return RapidOcrDigitReader()
+    with _shared_lock:
+        if _shared is None:
+            _shared = RapidOcrDigitReader()
+        return _shared

@@ -1,0 +1,479 @@
+"""vision/ stage by stage: candidate regions, crops, deblurring, failing fast, the one deadline
+that OCR shares, the OCR warm-up, and the hints for a card held too far away."""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+from bot.democard import Shot, render_hard_card_photo
+from vision import PyzbarCardReader, engines, imaging, symbols
+from vision.locate import locate
+from vision.ocr import DigitReading, RapidOcrDigitReader, load_ocr, ocr_available
+from vision.reader import (
+    CASCADE,
+    CROPS,
+    FIRST_PASS_SIDE,
+    HINTS_RESERVE_MS,
+    OCR_SHARE,
+    Variant,
+    _Collector,
+    _Evidence,
+    cut_out,
+)
+
+from .test_vision import DATA_DIR, UNHURRIED_MS, needs_data, render, texts
+
+CARD_NUMBER = "2088123456789012"
+needs_ocr = pytest.mark.skipif(not ocr_available(), reason="OCR extra (cardbot[ocr]) absent")
+
+
+def gray_photo(shot: Shot) -> Image.Image:
+    return imaging.load_photo(render_hard_card_photo(CARD_NUMBER, shot), 1600).gray
+
+
+def decoded(image: Image.Image) -> set[str]:
+    return {d.text for d in engines.zbar(image)} | {d.text for d in engines.zxing(image)}
+
+
+def turn(a: float, b: float) -> float:
+    """Degrees between two undirected directions."""
+    diff = abs(a - b) % 180
+    return min(diff, 180 - diff)
+
+
+# --------------------------------------------------------------------------------------------
+# Candidate regions
+
+
+@pytest.mark.parametrize("tilt", [0, 30, -50, 90])
+def test_the_best_candidate_is_the_card_barcode_across_its_bars(tilt: float) -> None:
+    photo = gray_photo(Shot(tilt_deg=tilt))
+
+    best = locate(photo).regions[0]
+
+    assert best.bar_like
+    assert turn(best.angle, tilt) < 5  # the gradient runs across the bars, along the card
+    assert best.length > best.height  # a card barcode is wider than tall
+
+
+@pytest.mark.parametrize("tilt", [30, -50, 90])
+def test_a_cut_out_candidate_is_upright_and_decodes_on_its_own(tilt: float) -> None:
+    photo = gray_photo(Shot(tilt_deg=tilt))
+
+    crop = cut_out(photo, locate(photo).regions[0])
+
+    assert crop.width > crop.height
+    assert {d.text for d in engines.zbar(crop)} == {CARD_NUMBER}  # zbar alone, no rotation
+
+
+def test_a_small_candidate_is_enlarged_to_a_decodable_module_width() -> None:
+    photo = gray_photo(Shot(canvas=(4000, 3000), card_width_px=1000))
+    best = locate(photo).regions[0]
+
+    crop = cut_out(photo, best)
+
+    assert crop.width > 2 * best.length
+    assert CARD_NUMBER in decoded(crop)
+    # The plain pass (the photo at FIRST_PASS_SIDE) does not read it.
+    assert CARD_NUMBER not in decoded(imaging.fit(photo, FIRST_PASS_SIDE))
+
+
+def test_a_blank_wall_has_no_candidates_and_nothing_busy() -> None:
+    rng = np.random.default_rng(3)
+    wall = np.clip(rng.normal(150, 2.5, (900, 1200)), 0, 255).astype(np.uint8)
+
+    layout = locate(Image.fromarray(wall))
+
+    assert layout.regions == ()
+    assert layout.busy_fraction == 0.0
+
+
+@needs_data
+def test_a_qr_code_is_a_two_dimensional_candidate() -> None:
+    image = DATA_DIR / "zxing/qrcode-1/1.png"
+    photo = imaging.load_photo(image.read_bytes(), 1600).gray
+
+    patches = [r for r in locate(photo).regions if not r.bar_like]
+
+    assert patches
+    assert decoded(cut_out(photo, patches[0])) == {image.with_suffix(".txt").read_text()}
+
+
+# --------------------------------------------------------------------------------------------
+# Deblurring variants (on an enlarged, defocused crop: what the crop stage hands them)
+
+
+@pytest.fixture(scope="module")
+def defocused_crop() -> Image.Image:
+    bars = render("code128", CARD_NUMBER, module_mm=0.3)
+    enlarged = bars.resize((bars.width * 2, bars.height * 2), Image.Resampling.NEAREST)
+    soft = np.asarray(enlarged.filter(ImageFilter.GaussianBlur(3.0)), dtype=np.float32)
+    soft += np.random.default_rng(1).normal(0, 2, soft.shape)
+    return Image.fromarray(np.clip(soft, 0, 255).astype(np.uint8))
+
+
+def test_the_defocused_crop_does_not_read_as_it_is(defocused_crop: Image.Image) -> None:
+    assert decoded(defocused_crop) == set()
+
+
+@pytest.mark.parametrize("deblur", [imaging.deconvolve, imaging.strong_sharpen])
+def test_deblurring_restores_a_defocused_crop(
+    defocused_crop: Image.Image, deblur: Callable[[Image.Image], Image.Image]
+) -> None:
+    assert decoded(deblur(defocused_crop)) == {CARD_NUMBER}
+
+
+def test_deconvolution_keeps_size_and_grey_range(defocused_crop: Image.Image) -> None:
+    restored = imaging.deconvolve(defocused_crop)
+
+    assert restored.size == defocused_crop.size
+    assert restored.mode == "L"
+
+
+# --------------------------------------------------------------------------------------------
+# The reader's stages together
+
+
+def counting(variants: tuple[Variant, ...], calls: list[str]) -> tuple[Variant, ...]:
+    def wrap(variant: Variant) -> Variant:
+        def transform(image: Image.Image) -> Image.Image:
+            calls.append(variant.name)
+            return variant.transform(image)
+
+        return Variant(variant.name, variant.aggressive, variant.view, transform, variant.growth)
+
+    return tuple(wrap(v) for v in variants)
+
+
+@pytest.mark.parametrize(
+    "shot",
+    [
+        pytest.param(Shot(tilt_deg=35, blur_px=1.5), id="tilted-soft"),
+        pytest.param(Shot(canvas=(3000, 2250), card_width_px=900), id="far-in-a-big-photo"),
+        pytest.param(Shot(blur_px=2.6), id="defocused"),
+    ],
+)
+def test_crops_read_card_photos_the_plain_pass_cannot(shot: Shot) -> None:
+    photo = render_hard_card_photo(CARD_NUMBER, shot)
+    plain_only = PyzbarCardReader(budget_ms=UNHURRIED_MS, ocr=None, crops=(), cascade=())
+    with_crops = PyzbarCardReader(budget_ms=UNHURRIED_MS, ocr=None, cascade=())
+
+    assert plain_only.read_sync(photo).barcodes == ()
+    assert texts(with_crops.read_sync(photo)) == [CARD_NUMBER]
+
+
+def test_a_photo_with_nothing_barcode_like_skips_every_variant() -> None:
+    calls: list[str] = []
+    reader = PyzbarCardReader(
+        budget_ms=UNHURRIED_MS,
+        ocr=None,
+        crops=counting(CROPS, calls),
+        cascade=counting(CASCADE, calls),
+    )
+    rng = np.random.default_rng(5)
+    wall = Image.fromarray(np.clip(rng.normal(140, 2.0, (1200, 1600)), 0, 255).astype(np.uint8))
+
+    reading = reader.read_sync(imaging_png(wall))
+
+    assert calls == []
+    assert reading.barcodes == ()
+    assert "no_card" in reading.hints
+
+
+def test_a_busy_photo_without_a_barcode_does_run_the_variants() -> None:
+    calls: list[str] = []
+    reader = PyzbarCardReader(
+        budget_ms=UNHURRIED_MS,
+        ocr=None,
+        crops=counting(CROPS, calls),
+        cascade=counting(CASCADE, calls),
+    )
+    stripes = np.zeros((600, 800), dtype=np.uint8)
+    stripes[:, ::9] = 255  # bar-like, but no symbology parses it
+    stripes[::50, :] = 255
+
+    reading = reader.read_sync(imaging_png(Image.fromarray(stripes)))
+
+    assert reading.barcodes == ()
+    assert calls[:1] == ["crop0"]
+
+
+def imaging_png(image: Image.Image) -> bytes:
+    from .test_vision import encode
+
+    return encode(image)
+
+
+class TickingClock:
+    """A CPU clock that advances ``step_ms`` each time it is read: fully deterministic."""
+
+    def __init__(self, step_ms: float = 1.0) -> None:
+        self.step = step_ms / 1000
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+class ReserveRecorder:
+    """An OCR stand-in that predicts its cost and records how much time it was left."""
+
+    def __init__(self, expected: float, runs: tuple[str, ...] = ()) -> None:
+        self.expected = expected
+        self.runs = runs
+        self.left_ms: list[float] = []
+
+    def read_digits(self, gray: Image.Image, remaining_ms: Callable[[], float]) -> DigitReading:
+        self.left_ms.append(remaining_ms())
+        return DigitReading(runs=self.runs)
+
+    def expected_ms(self, gray: Image.Image) -> float:
+        return self.expected
+
+    def warm_up(self) -> None:
+        pass
+
+
+THUMB_OVER_BARCODE = Shot(thumb=(0.42, 0.3, 0.58, 0.71))
+
+
+# Each clock reading costs this much: the barcode stages alone then fill the whole deadline.
+SLOW_STEP_MS = 4.0
+
+
+def test_without_ocr_the_barcode_stages_fill_the_deadline() -> None:
+    clock = TickingClock(SLOW_STEP_MS)
+    reader = PyzbarCardReader(budget_ms=200, wall_cap_ms=UNHURRIED_MS, ocr=None, clock=clock)
+
+    reader.read_sync(render_hard_card_photo(CARD_NUMBER, THUMB_OVER_BARCODE))
+
+    assert 200 - 2 * SLOW_STEP_MS - HINTS_RESERVE_MS <= clock.now * 1000 <= 200 + SLOW_STEP_MS
+
+
+def test_ocr_gets_its_predicted_time_out_of_the_one_deadline() -> None:
+    ocr = ReserveRecorder(expected=60.0, runs=(CARD_NUMBER,))
+    reader = PyzbarCardReader(
+        budget_ms=200, wall_cap_ms=UNHURRIED_MS, ocr=ocr, clock=TickingClock(SLOW_STEP_MS)
+    )
+
+    reading = reader.read_sync(render_hard_card_photo(CARD_NUMBER, THUMB_OVER_BARCODE))
+
+    assert reading.barcodes == ()
+    assert reading.digits == (CARD_NUMBER,)
+    # The barcode stages stopped where OCR's share (its prediction + the hints) began.
+    (left,) = ocr.left_ms
+    assert 60.0 - 3 * SLOW_STEP_MS <= left <= 60.0 + SLOW_STEP_MS
+
+
+def test_ocr_share_of_the_deadline_is_capped() -> None:
+    ocr = ReserveRecorder(expected=10_000.0)
+    reader = PyzbarCardReader(
+        budget_ms=400, wall_cap_ms=UNHURRIED_MS, ocr=ocr, clock=TickingClock(SLOW_STEP_MS)
+    )
+
+    reader.read_sync(render_hard_card_photo(CARD_NUMBER, THUMB_OVER_BARCODE))
+
+    (left,) = ocr.left_ms
+    cap = OCR_SHARE * 400 - HINTS_RESERVE_MS
+    assert cap - 3 * SLOW_STEP_MS <= left <= cap + SLOW_STEP_MS
+
+
+@pytest.mark.parametrize(
+    "shot",
+    [
+        pytest.param(THUMB_OVER_BARCODE, id="crisp"),
+        pytest.param(Shot(thumb=(0.42, 0.3, 0.58, 0.71), blur_px=3.0), id="soft"),
+    ],
+)
+def test_ocr_share_is_not_taken_from_the_crops(shot: Shot) -> None:
+    calls: list[str] = []
+    ocr = ReserveRecorder(expected=10_000.0)
+    reader = PyzbarCardReader(
+        budget_ms=200,
+        wall_cap_ms=UNHURRIED_MS,
+        ocr=ocr,
+        crops=counting(CROPS, calls),
+        cascade=counting(CASCADE, calls),
+        clock=TickingClock(SLOW_STEP_MS),
+    )
+
+    reader.read_sync(render_hard_card_photo(CARD_NUMBER, shot))
+
+    # The crops read far more card photos than OCR does in the same time: all of them run
+    # before OCR's share is kept back (from the whole-photo cascade).
+    assert [name for name in calls if name.startswith("crop")] == [v.name for v in CROPS]
+    assert ocr.left_ms  # and OCR still ran, on what was left
+
+
+def test_ocr_is_not_given_time_on_a_photo_too_blurred_for_print() -> None:
+    ocr = ReserveRecorder(expected=60.0, runs=(CARD_NUMBER,))
+    reader = PyzbarCardReader(budget_ms=UNHURRIED_MS, ocr=ocr)
+
+    reading = reader.read_sync(render_hard_card_photo(CARD_NUMBER, Shot(blur_px=8.0)))
+
+    assert ocr.left_ms == []
+    assert reading.digits == ()
+    assert "blurred" in reading.hints
+
+
+def test_the_whole_reading_stops_at_the_deadline_on_cpu_time() -> None:
+    clock = TickingClock()
+    reader = PyzbarCardReader(budget_ms=200, wall_cap_ms=UNHURRIED_MS, ocr=None, clock=clock)
+
+    reader.read_sync(render_hard_card_photo(CARD_NUMBER, THUMB_OVER_BARCODE))
+
+    # Each tick is a millisecond; the last stage may overrun by its own (tiny) cost.
+    assert clock.now * 1000 <= 200 + 5
+
+
+# --------------------------------------------------------------------------------------------
+# Trust rule additions
+
+
+def evidence(symbology: str, text: str, engine: str, lines: int, order: int) -> _Evidence:
+    found = _Evidence(symbology, text, order=order, lines=lines, best_lines=lines)
+    found.engines.add(engine)
+    found.seen_in.append("crop0_sharpen")
+    return found
+
+
+def test_a_partial_upc_e_scan_gives_way_to_the_upc_a_it_was_cut_from() -> None:
+    collector = _Collector()
+    upce = evidence(symbols.UPCE, "02212166", engines.ZBAR, lines=6, order=0)
+    upce.gentle = True
+    upca = evidence(symbols.UPCA, "012546619592", engines.ZXING, lines=0, order=1)
+    collector._seen = {("UPCE", upce.text): upce, ("UPCA", upca.text): upca}
+
+    assert [e.text for e in collector.accepted()] == ["012546619592"]
+
+
+# --------------------------------------------------------------------------------------------
+# OCR: warm-up, the real engine on a card photo
+
+
+class WarmUpRecorder(ReserveRecorder):
+    def __init__(self) -> None:
+        super().__init__(expected=0.0)
+        self.warmed = threading.Event()
+
+    def warm_up(self) -> None:
+        self.warmed.set()
+
+
+def test_warm_up_runs_on_a_background_thread() -> None:
+    ocr = WarmUpRecorder()
+    reader = PyzbarCardReader(ocr=ocr)
+
+    thread = reader.warm_up_in_background()
+
+    # Not a daemon: a process ending mid-load must wait, or onnxruntime aborts it (exit -6).
+    assert thread is not None and not thread.daemon
+    thread.join(timeout=5)
+    assert ocr.warmed.is_set()
+
+
+def test_warm_up_without_ocr_is_nothing() -> None:
+    assert PyzbarCardReader(ocr=None).warm_up_in_background() is None
+
+
+def test_a_failing_warm_up_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+    class Broken(ReserveRecorder):
+        def warm_up(self) -> None:
+            raise RuntimeError("no models")
+
+    thread = PyzbarCardReader(ocr=Broken(expected=0.0)).warm_up_in_background()
+
+    assert thread is not None
+    thread.join(timeout=5)
+    assert "warming the OCR models up failed" in caplog.text
+
+
+def test_cold_ocr_reads_nothing_rather_than_blowing_the_deadline() -> None:
+    cold = RapidOcrDigitReader()
+
+    found = cold.read_digits(gray_photo(Shot()), lambda: 1000.0)
+
+    assert found == DigitReading(runs=(), complete=False)
+    assert cold.expected_ms(gray_photo(Shot())) == 0.0
+
+
+@needs_ocr
+def test_the_process_shares_one_ocr_reader() -> None:
+    assert load_ocr() is load_ocr()
+
+
+@needs_ocr
+def test_rapidocr_reads_the_number_off_a_card_photo_whose_barcode_is_covered() -> None:
+    ocr = load_ocr()
+    assert ocr is not None
+    ocr.warm_up()
+    reader = PyzbarCardReader(budget_ms=UNHURRIED_MS, ocr=ocr)
+
+    reading = reader.read_sync(render_hard_card_photo(CARD_NUMBER, THUMB_OVER_BARCODE))
+
+    assert reading.barcodes == ()
+    assert reading.digits == (CARD_NUMBER,)
+
+
+@needs_ocr
+@pytest.mark.parametrize(
+    "shot",
+    [
+        pytest.param(Shot(tilt_deg=8, keystone=0.2), id="keystone"),
+        pytest.param(Shot(blur_px=2.5), id="soft"),
+        pytest.param(Shot(light=0.3, noise=6), id="dim-room"),
+    ],
+)
+def test_rapidocr_reads_hard_card_photos(shot: Shot) -> None:
+    ocr = load_ocr()
+    assert ocr is not None
+    ocr.warm_up()
+
+    found = ocr.read_digits(gray_photo(shot), lambda: UNHURRIED_MS)
+
+    assert found.runs[:1] == (CARD_NUMBER,)
+
+
+# --------------------------------------------------------------------------------------------
+# Hints
+
+
+@pytest.mark.parametrize("card_width", [500, 700])
+def test_a_card_far_away_in_a_12_megapixel_photo_says_move_closer(card_width: int) -> None:
+    reader = PyzbarCardReader(budget_ms=UNHURRIED_MS, ocr=None)
+
+    reading = reader.read_sync(
+        render_hard_card_photo(CARD_NUMBER, Shot(canvas=(4000, 3000), card_width_px=card_width))
+    )
+
+    assert reading.barcodes == ()
+    assert reading.hints[:1] == ("too_small",)
+
+
+def test_a_barcode_cut_short_by_a_thumb_is_not_called_too_small() -> None:
+    reader = PyzbarCardReader(budget_ms=UNHURRIED_MS, ocr=None)
+
+    reading = reader.read_sync(render_hard_card_photo(CARD_NUMBER, THUMB_OVER_BARCODE))
+
+    assert reading.barcodes == ()
+    assert "too_small" not in reading.hints
+
+
+def test_quad_corners_put_the_bars_upright() -> None:
+    from vision.locate import Region
+
+    region = Region(cx=100, cy=50, angle=90, length=40, height=20, score=1, bar_like=True)
+
+    ul_x, ul_y, ll_x, _, _, _, _, ur_y = region.quad(0, 0)
+
+    # Across the bars runs along y here: the output's x axis (upper left → upper right)
+    # follows it, and the output's y axis (upper left → lower left) runs along the bars.
+    assert math.isclose(ur_y - ul_y, 40, abs_tol=1e-6)
+    assert math.isclose(abs(ll_x - ul_x), 20, abs_tol=1e-6)
