@@ -40,7 +40,7 @@ UNHURRIED_MS = 10_000.0
 
 @pytest.fixture
 def reader() -> PyzbarCardReader:
-    # Barcodes only: OCR has its own tests (test_vision_ocr.py) and costs ~0.1 s a photo.
+    # Barcodes only: OCR has its own tests (test_vision_pipeline.py, test_vision_stages.py).
     return PyzbarCardReader(budget_ms=UNHURRIED_MS, ocr=None)
 
 
