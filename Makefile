@@ -23,8 +23,9 @@ migrate: $(STAMP)
 demo: setup
 	$(BIN)/cardbot demo
 
+# Two workers: most end-to-end time is spent waiting on bot processes and databases.
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
