@@ -137,7 +137,9 @@ def test_the_environment_key_is_used_and_no_key_file_is_written(tmp_path: Path) 
 
 
 @pytest.mark.parametrize(
-    "bad", ["not base64!", b64(os.urandom(16)), b64(os.urandom(33)), "   x  "]
+    "bad",
+    ["not base64!", b64(bytes(range(16))), b64(bytes(range(33))), "   x  "],
+    ids=["not-base64", "16-bytes", "33-bytes", "spaces"],
 )
 def test_a_malformed_environment_key_is_a_clear_error(tmp_path: Path, bad: str) -> None:
     with pytest.raises(KeyConfigError, match="CARDBOT_DATA_KEY"):
