@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from core.errors import DecryptionError
 from core.ports import CachedAccessToken, Clock, Vault, WeChatUnitOfWorkFactory
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,16 @@ def _token_context(app_id: str) -> str:
     return f"wechat.access_token:{app_id}"
 
 
+def _open_token(vault: Vault, blob: bytes, app_id: str) -> str | None:
+    """The cached token, or None when it no longer opens (sealed under a data key since
+    removed by `cardbot keys prune`): it is only a cache, so a fresh one is fetched."""
+    try:
+        return vault.decrypt(blob, _token_context(app_id))
+    except DecryptionError:
+        log.info("the cached WeChat access token does not open with the current keys; refetching")
+        return None
+
+
 class DatabaseTokenStore:
     """The token in the ``wechat_access_tokens`` table, encrypted with the data key."""
 
@@ -81,8 +92,8 @@ class DatabaseTokenStore:
             cached = await uow.wechat_tokens.get(self._app_id)
         if cached is None:
             return None
-        token = self._vault.decrypt(cached.token_enc, _token_context(self._app_id))
-        return token, cached.expires_at
+        token = _open_token(self._vault, cached.token_enc, self._app_id)
+        return None if token is None else (token, cached.expires_at)
 
     async def save(self, token: str, expires_at: datetime, fetched_at: datetime) -> None:
         enc = self._vault.encrypt(token, _token_context(self._app_id))
@@ -97,8 +108,8 @@ class DatabaseTokenStore:
             cached = await uow.wechat_tokens.get(self._app_id)
             if cached is None:
                 return
-            stored = self._vault.decrypt(cached.token_enc, _token_context(self._app_id))
-            if stored == token:
+            stored = _open_token(self._vault, cached.token_enc, self._app_id)
+            if stored in (token, None):
                 await uow.wechat_tokens.discard(self._app_id)
                 await uow.commit()
 
@@ -124,8 +135,8 @@ class RedisTokenStore:
         if raw is None:
             return None
         record = json.loads(raw)
-        token = self._vault.decrypt(bytes.fromhex(record["enc"]), _token_context(self._app_id))
-        return token, datetime.fromisoformat(record["expires_at"])
+        token = _open_token(self._vault, bytes.fromhex(record["enc"]), self._app_id)
+        return None if token is None else (token, datetime.fromisoformat(record["expires_at"]))
 
     async def save(self, token: str, expires_at: datetime, fetched_at: datetime) -> None:
         enc = self._vault.encrypt(token, _token_context(self._app_id))

@@ -139,6 +139,21 @@ async def test_a_rejected_token_is_replaced_and_the_call_retried_once(
     assert peer.custom_texts() == ["a", "b", "c"]
 
 
+async def test_a_token_sealed_under_a_key_since_removed_is_fetched_again(
+    uow_factory: SqlAlchemyUnitOfWorkFactory, peer: WeChatApiPeer, session: aiohttp.ClientSession
+) -> None:
+    """After `cardbot keys prune` the cached token no longer opens: it is only a cache, so the
+    bot fetches a fresh one instead of failing every call until it expires."""
+    clock = FakeClock()
+    before = client(session, peer, DatabaseTokenStore(uow_factory, VAULT, peer.app_id), clock)
+    await before.send_text("o1", "你好")
+    rotated = AesGcmVault([secrets.token_bytes(32)])
+    after = client(session, peer, DatabaseTokenStore(uow_factory, rotated, peer.app_id), clock)
+    await after.send_text("o1", "hello")
+    assert len(peer.sent("stable_token")) == 2
+    assert len(peer.sent("message/custom/send")) == 2
+
+
 async def test_the_stored_token_is_encrypted(
     uow_factory: SqlAlchemyUnitOfWorkFactory, peer: WeChatApiPeer, session: aiohttp.ClientSession
 ) -> None:
