@@ -50,6 +50,14 @@ class RiskOutcome(StrEnum):
     REJECT = "reject"
 
 
+class Role(StrEnum):
+    """What a person may do: an admin is also staff; everyone else is a customer."""
+
+    CUSTOMER = "customer"
+    STAFF = "staff"
+    ADMIN = "admin"
+
+
 @dataclass(frozen=True)
 class User:
     id: int

@@ -11,21 +11,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 
 from core.messages import Inbound, Reply
-from core.model import User
+from core.model import Role, User
 from core.ports import UnitOfWork
 from handlers.engine import Services
 from handlers.i18n import Translator
-
-
-class Role(StrEnum):
-    """What a person may do: an admin is also staff; everyone else is a customer."""
-
-    CUSTOMER = "customer"
-    STAFF = "staff"
-    ADMIN = "admin"
 
 
 @dataclass
@@ -46,5 +37,7 @@ class DeskCtx:
     def args(self) -> str:
         return self.inbound.args
 
+
+__all__ = ["DeskCtx", "DeskHandler", "Role"]
 
 DeskHandler = Callable[[DeskCtx], Awaitable[list[Reply]]]

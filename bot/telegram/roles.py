@@ -9,13 +9,8 @@ anyone is staff: the lookup is never rendered.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 
-
-class Role(StrEnum):
-    CUSTOMER = "customer"
-    STAFF = "staff"
-    ADMIN = "admin"
+from core.model import Role
 
 
 def _ids(entries: str, channel: str) -> frozenset[str]:
