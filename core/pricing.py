@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from types import MappingProxyType
 from typing import Any
@@ -521,3 +522,41 @@ def rate_table_from_csv(
             for b in entry["bands"]
         ]
     return pricing_from_dict(data)
+
+
+_NUMBER = r"\d+(?:\.\d+)?"
+_BAND_UPTO = re.compile(rf"^(?:≤|<=|<|-|至|到)?\s*(?:{_NUMBER}\s*[-~–至到]\s*)?({_NUMBER})$")
+_BAND_TOP = re.compile(rf"^(?:>|＞|above|over|max|top|以上)\s*(?:{_NUMBER})?$|^{_NUMBER}\+$")
+MIN_RATE_BP = 1_000  # below 10 % is a typo, not a price
+
+
+def with_band_rate(
+    policy: PricingPolicy,
+    brand: str,
+    band: str,
+    rate_bp: int,
+    version: str,
+    effective_from: datetime,
+) -> PricingPolicy:
+    """The policy with one band of one brand at a new rate, as a new version in force from a
+    time. ``band`` names the band by its upper bound in yuan (``50``, ``≤50``, ``51-100``) or
+    the open-ended top band (``>100``, ``top``); RateTableError when it names none."""
+    if not MIN_RATE_BP <= rate_bp <= 10_000:
+        raise RateTableError(f"rate {rate_bp / 100:.2f}% is outside 10%–100%")
+    bands = policy.rates.get(brand)
+    if bands is None:
+        raise RateTableError(f"no rates for {brand}")
+    text = band.strip().lower().replace("元", "").replace("yuan", "").strip()
+    index: int | None = None
+    if _BAND_TOP.match(text):
+        index = len(bands) - 1 if bands[-1].max_face_fen is None else None
+    elif (match := _BAND_UPTO.match(text)) is not None:
+        up_to_fen = round(float(match.group(1)) * 100)
+        index = next((i for i, b in enumerate(bands) if b.max_face_fen == up_to_fen), None)
+    if index is None:
+        raise RateTableError(f"{brand} has no band {band!r}")
+    changed = list(bands)
+    changed[index] = RateBand(bands[index].max_face_fen, rate_bp)
+    rates = dict(policy.rates)
+    rates[brand] = tuple(changed)
+    return replace(policy, rates=rates, version=version, effective_from=effective_from)

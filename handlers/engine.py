@@ -10,27 +10,36 @@ apology, leaves the message unrecorded so a redelivery may try again, and logs n
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from datetime import datetime
+from typing import Any, Protocol
 
 from core.errors import ConcurrentUpdate, UserError
+from core.masking import redact_for_staff
 from core.messages import Inbound, InputKind, Option, Reply
 from core.model import ConversationState, User
 from core.ports import CardReader, CardReading, UnitOfWork, UnitOfWorkFactory
 from core.sale import SaleDeps
 from core.sealing import conversation_context
+from core.tickets import DeskPolicy
 from handlers.i18n import Translator, resolve_language
 
 log = logging.getLogger(__name__)
 
-MAX_TEXT_CHARS = 2000
+MAX_TEXT_CHARS = 4096  # Telegram's longest message: room for a pasted list of 100 cards
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 # How often a message is handled again when another message of the same person won a race.
 CONCURRENT_ATTEMPTS = 5
 START = "start"
+
+# The conversation's last lines, kept (redacted) in its state for a ticket's evidence.
+TRANSCRIPT_KEY = "_log"
+TRANSCRIPT_LINES = 30
+TRANSCRIPT_CHARS = 300
 
 # Words people type instead of commands, in both languages.
 KEYWORD_COMMANDS = {
@@ -54,6 +63,13 @@ KEYWORD_COMMANDS = {
     "订单": "orders",
     "我的订单": "orders",
     "orders": "orders",
+    "人工": "human",
+    "人工客服": "human",
+    "客服": "human",
+    "投诉": "human",
+    "human": "human",
+    "support": "human",
+    "complaint": "human",
 }
 _OPTION_NUMBER = re.compile(r"^\s*(\d{1,2})\s*[.)、。]?\s*$")
 
@@ -65,6 +81,9 @@ class Services:
     sale: SaleDeps
     reader: CardReader
     uow_factory: UnitOfWorkFactory
+    desk: DeskPolicy = field(default_factory=DeskPolicy)
+    # Set after a commit that queued notices, so this process delivers them at once.
+    notices_queued: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass(frozen=True)
@@ -97,6 +116,7 @@ class Ctx:
     step: str
     data: dict[str, Any] = field(default_factory=dict)
     reading: CardReading | None = None
+    typed: str | None = None  # the text as typed, before a number became an option
 
     @property
     def deps(self) -> SaleDeps:
@@ -127,12 +147,20 @@ class Flow:
     sensitive: frozenset[str] = frozenset()
 
 
+class Interceptor(Protocol):
+    """Something that may take a message before the flow does (the desk: staff commands,
+    relays while a ticket is taken). None lets the flow have it."""
+
+    async def intercept(self, ctx: Ctx, conversation: Conversation) -> Step | None: ...
+
+
 class Conversation:
     """Handles inbound messages for every channel."""
 
-    def __init__(self, services: Services, flow: Flow) -> None:
+    def __init__(self, services: Services, flow: Flow, desk: Interceptor | None = None) -> None:
         self.services = services
         self.flow = flow
+        self.desk = desk
 
     async def handle(self, inbound: Inbound) -> list[Reply]:
         """Process one inbound message; never raises, never leaks internals to the user."""
@@ -244,8 +272,13 @@ class Conversation:
         problem = self._precheck(inbound)
         if problem:
             return Step(ctx.step, (Reply(ctx.t(problem)), *await self.reprompt(ctx)))
+        ctx.typed = inbound.text
         inbound = self._normalise(ctx, inbound)
         ctx.inbound = inbound
+        if self.desk is not None:
+            taken = await self.desk.intercept(ctx, self)
+            if taken is not None:
+                return taken
         kind = inbound.kind
         if kind is InputKind.COMMAND:
             command = self.flow.commands.get(inbound.command or "")
@@ -296,6 +329,10 @@ class Conversation:
         command = KEYWORD_COMMANDS.get(text.lower())
         if command is not None:
             return replace(inbound, text=None, command=command)
+        first, _, rest = text.partition(" ")
+        if KEYWORD_COMMANDS.get(first.lower()) == "human" and rest.strip():
+            # "人工 my payout has not arrived": asking for a person, with what happened.
+            return replace(inbound, text=None, command="human", args=rest.strip())
         return inbound
 
     @staticmethod
@@ -310,6 +347,13 @@ class Conversation:
 
     async def _save(self, ctx: Ctx, step: Step) -> None:
         data = {k: v for k, v in ctx.data.items() if k != "_version"}
+        data[TRANSCRIPT_KEY] = transcript_with(
+            data.get(TRANSCRIPT_KEY, []),
+            self.services.sale.clock.now(),
+            ctx.inbound,
+            ctx.step in self.flow.sensitive,
+            step.replies,
+        )
         options = _last_options(step.replies)
         if options is not None:
             data["_options"] = [o.id for o in options]
@@ -378,6 +422,31 @@ async def apply_outcome(
             )
         )
         await uow.commit()
+
+
+def _inbound_line(inbound: Inbound, sensitive: bool) -> str:
+    """A person's message as the transcript keeps it: never a secret, never a full number."""
+    if sensitive:
+        return "[hidden]"
+    kind = inbound.kind
+    if kind is InputKind.COMMAND:
+        return redact_for_staff(f"/{inbound.command} {inbound.args}".strip())
+    if kind is InputKind.OPTION:
+        return f"[{inbound.option}]"
+    if kind is InputKind.IMAGE:
+        return "[photo]"
+    if kind is InputKind.DOCUMENT:
+        return "[file]"
+    return redact_for_staff(inbound.text or "")
+
+
+def transcript_with(
+    log: list[Any], at: datetime, inbound: Inbound, sensitive: bool, replies: Sequence[Reply]
+) -> list[Any]:
+    """The conversation's recent lines ([time, "user"|"bot", text]), for a ticket's evidence."""
+    lines = [*log, [at.isoformat(), "user", _inbound_line(inbound, sensitive)[:TRANSCRIPT_CHARS]]]
+    lines += [[at.isoformat(), "bot", r.text[:TRANSCRIPT_CHARS]] for r in replies if r.text]
+    return lines[-TRANSCRIPT_LINES:]
 
 
 def _last_options(replies: tuple[Reply, ...]) -> tuple[Option, ...] | None:

@@ -28,6 +28,7 @@ import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
+from pathlib import PurePosixPath
 
 import aiohttp
 from aiogram import Bot, Dispatcher, F, Router
@@ -37,17 +38,21 @@ from aiogram.types import CallbackQuery, ChatMemberUpdated, Message, Update
 from aiogram.types.update import UpdateTypeLookupError
 
 from bot.telegram.inbound import (
+    LIST_SUFFIXES,
     MAX_DOWNLOAD_BYTES,
+    MAX_LIST_BYTES,
     callback_key,
     decode_option,
     is_image_document,
+    is_list_document,
     message_key,
     parse_command,
     pick_photo,
 )
 from bot.telegram.outbound import CHANNEL, TelegramSender
-from bot.telegram.roles import Role, Roles
+from bot.telegram.roles import Roles
 from core.messages import Inbound, Reply
+from core.model import Role
 from core.ports import UnitOfWorkFactory
 from handlers.engine import Conversation
 from handlers.i18n import Translator, resolve_language
@@ -278,6 +283,14 @@ class TelegramAdapter:
             if document.file_size is not None and document.file_size > MAX_DOWNLOAD_BYTES:
                 raise _TooLarge
             return replace(base, image=await self._download(document.file_id))
+        if document is not None and is_list_document(document):
+            if document.file_size is not None and document.file_size > MAX_LIST_BYTES:
+                raise _TooLarge
+            name = document.file_name or "cards.csv"
+            if PurePosixPath(name).suffix.lower() not in LIST_SUFFIXES:
+                name += ".csv" if "csv" in (document.mime_type or "") else ".txt"
+            payload = await self._download(document.file_id)
+            return replace(base, document=payload, filename=name)
         return None
 
     async def _download(self, file_id: str) -> bytes:
