@@ -420,9 +420,12 @@ class Desk:
         if state is not None or to_step is not None:
             base = state or ConversationState(ticket.channel, ticket.user_key, START)
             await d.uow.conversations.save(replace(base, step=step, data=data, updated_at=d.now))
-        left = Reply(user_t("desk.left_resume"))
-        for reply in (*said, left, *prompt):
-            await d.notify(_user_actor(ticket), reply)
+        # One message, not four: WeChat allows only a few customer-service messages per
+        # user message, and the options must arrive with the text they belong to.
+        parts = [*said, Reply(user_t("desk.left_resume")), *prompt]
+        await d.notify(
+            _user_actor(ticket), Reply("\n\n".join(r.text for r in parts), options)
+        )
 
     async def cmd_release(self, d: DeskCtx) -> list[Reply]:
         """``/release N``: back to the queue; the user's flow resumes meanwhile."""

@@ -412,10 +412,14 @@ async def migrate(env: dict[str, str]) -> None:
 
 
 class BotProcess:
-    """``cardbot run wechat --port N`` in a child process."""
+    """``cardbot run wechat --port N`` (with other channels too, if asked) in a child
+    process."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self, env: dict[str, str], log_path: Path, channels: tuple[str, ...] = ("wechat",)
+    ) -> None:
         self.env = env
+        self.channels = channels
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/wechat"
         self.log_path = log_path
@@ -428,7 +432,7 @@ class BotProcess:
             "-m",
             "bot.cli",
             "run",
-            "wechat",
+            *self.channels,
             "--port",
             str(self.port),
             env=self.env,

@@ -63,7 +63,10 @@ class Desk:
             channel, _, key = actor.partition(":")
             assert self.h.app is not None
             self.people[actor] = ConsoleChannel(
-                self.h.app.conversation, user_id=key, lang="zh", write=lambda _: None,
+                self.h.app.conversation,
+                user_id=key,
+                lang="zh",
+                write=lambda _: None,
                 channel=channel,
             )
         return self.people[actor]
