@@ -12,6 +12,7 @@ from bot.console import ConsoleChannel, ConsoleNotifier
 from bot.logs import configure_logging
 from bot.runtime import poll_unfinished
 from bot.settings import Settings
+from handlers.desk import run_desk
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +21,7 @@ async def run_chat(settings: Settings, user_id: str, lang: str) -> int:
     """Read lines from stdin until EOF; print the bot's replies."""
     configure_logging(settings.log_level, settings.var_dir / "cardbot.log")
     app = await build_app(settings)
-    notifier = ConsoleNotifier()
+    notifier = ConsoleNotifier(user_id=user_id)
     channel = ConsoleChannel(app.conversation, user_id=user_id, lang=lang)
     hello = (
         "（控制台：每行是一条消息；/photo 路径 发送照片；/file 路径 发送文件；回复数字选择选项；"
@@ -31,6 +32,9 @@ async def run_chat(settings: Settings, user_id: str, lang: str) -> int:
     )
     print(hello, flush=True)
     poller = asyncio.create_task(poll_unfinished(app.services, notifier))
+    stop = asyncio.Event()
+    # Staff replies and ticket news for this console user (staff work from Telegram/WeChat).
+    desk = asyncio.create_task(run_desk(app.services, notifier, ["console"], stop))
     try:
         interactive = sys.stdin.isatty()
         while True:
@@ -46,7 +50,9 @@ async def run_chat(settings: Settings, user_id: str, lang: str) -> int:
             sys.stdout.flush()
     finally:
         poller.cancel()
+        stop.set()
         with contextlib.suppress(asyncio.CancelledError):
             await poller
+        await desk
         await app.close()
     return 0

@@ -74,8 +74,12 @@ class ConsoleChannel:
 class ConsoleNotifier:
     """Delivers notifications to the console (the only console user is the one typing)."""
 
-    def __init__(self, write: Callable[[str], None] = print) -> None:
+    def __init__(self, write: Callable[[str], None] = print, user_id: str | None = None) -> None:
         self.write = write
+        self.user_id = user_id
 
     async def notify(self, channel: str, user_key: str, reply: Reply) -> None:
+        if self.user_id is not None and user_key != self.user_id:
+            # Another console user's message (another terminal on the same database).
+            raise LookupError(f"console user {user_key} is not on this terminal")
         self.write(render_reply(reply))

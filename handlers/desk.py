@@ -216,9 +216,13 @@ class Desk:
         )
         kind = inbound.kind
         if kind is InputKind.COMMAND:
-            handler = self._command(role, inbound.command or "")
+            name = inbound.command or ""
+            handler = self._command(role, name)
             if handler is not None:
-                return self._step(ctx, d, await handler(d))
+                replies = await handler(d)
+                if name in self.user_commands:
+                    replies = await self._then_where_they_were(ctx, conversation, replies)
+                return self._step(ctx, d, replies)
         if role is not Role.CUSTOMER:
             relayed = await self._from_staff(ctx, d)
             if relayed is not None:
@@ -227,8 +231,20 @@ class Desk:
         if ticket is not None and ticket.status is TicketStatus.TAKEN:
             return self._step(ctx, d, await self._from_user(ctx, d, ticket))
         if kind is InputKind.OPTION and (inbound.option or "").startswith("desk."):
-            return self._step(ctx, d, await on_desk_option(d, inbound.option or ""))
+            replies = await on_desk_option(d, inbound.option or "")
+            replies = await self._then_where_they_were(ctx, conversation, replies)
+            return self._step(ctx, d, replies)
         return None
+
+    @staticmethod
+    async def _then_where_they_were(
+        ctx: Ctx, conversation: Conversation, replies: list[Reply]
+    ) -> list[Reply]:
+        """A user's desk answer that asks nothing is followed by what their step waits for,
+        so the options on their screen are the ones that work."""
+        if any(r.options for r in replies):
+            return replies
+        return [*replies, *await conversation.reprompt(ctx)]
 
     def _command(self, role: Role, name: str) -> DeskHandler | None:
         handler: DeskHandler | None = None

@@ -57,7 +57,7 @@ T = TypeVar("T")
 
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 ALLOWED_UPDATES = ["message", "edited_message", "callback_query", "my_chat_member"]
-COMMANDS = ("start", "sell", "prices", "orders", "help", "cancel")
+COMMANDS = ("start", "sell", "prices", "orders", "help", "human", "cancel")
 POLL_TIMEOUT_SECONDS = 25
 _SECRET_FORMAT = re.compile(r"[A-Za-z0-9_-]{1,256}")
 

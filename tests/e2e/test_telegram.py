@@ -127,6 +127,7 @@ async def test_a_whole_sale_over_long_polling_from_photo_to_receipt(
         "prices",
         "orders",
         "help",
+        "human",
         "cancel",
     ]
     assert tg.commands["zh"][1]["description"] == ZH("telegram.command.sell")
