@@ -172,12 +172,37 @@ class Order:
     reviewed_by: str | None = None
     review_note: str | None = None
     review_announced_at: datetime | None = None
+    batch_id: int | None = None  # the batch sale it belongs to (one order per card)
     id: int | None = None
 
     @property
     def number(self) -> str:
         """The order number shown to people: CB + zero-padded id."""
         return f"CB{self.id:08d}" if self.id is not None else "CB--------"
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Many cards sold together: each card is its own order (``orders.batch_id``); the batch
+    groups them for one quote, one confirmation and one receipt. ``source``: ``text``, ``file``
+    or ``photos``; ``submitted_at``: when the user confirmed the payout."""
+
+    user_id: int
+    channel: str
+    source: str
+    created_at: datetime
+    submitted_at: datetime | None = None
+    id: int | None = None
+
+    @property
+    def number(self) -> str:
+        """The batch number shown to people: PB + zero-padded id."""
+        return batch_number(self.id) if self.id is not None else "PB--------"
+
+
+def batch_number(batch_id: int) -> str:
+    """A batch's number as people see it (PB00000012), from its id."""
+    return f"PB{batch_id:08d}"
 
 
 @dataclass(frozen=True)

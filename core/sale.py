@@ -63,7 +63,7 @@ from core.ports import (
     UnitOfWorkFactory,
     Vault,
 )
-from core.pricing import PricingPolicy, pricing_from_dict, quote_card
+from core.pricing import PricedCard, PricingPolicy, pricing_from_dict, quote_card
 from core.risk import (
     SHANGHAI,
     RiskDecision,
@@ -363,6 +363,24 @@ async def quote_for(
         shanghai_date(now),
         tier=tier,
     )
+    return await open_quote(uow, deps, user, card, channel, pricing, priced)
+
+
+async def open_quote(
+    uow: UnitOfWork,
+    deps: SaleDeps,
+    user: User,
+    card: Card,
+    channel: str,
+    pricing: PricingPolicy,
+    priced: PricedCard,
+    batch_id: int | None = None,
+) -> tuple[Quote, Order]:
+    """Store a card's price as a quote locked for the policy's time, and open its order (in a
+    batch sale when ``batch_id`` is given)."""
+    assert card.id is not None and card.balance_fen is not None
+    assert card.face_value_fen is not None and card.expires is not None
+    now = deps.clock.now()
     quote = await uow.quotes.add(
         Quote(
             user_id=user.id,
@@ -397,6 +415,7 @@ async def quote_for(
             status=OrderStatus.QUOTED,
             created_at=now,
             updated_at=now,
+            batch_id=batch_id,
         )
     )
     await uow.audit.append(
@@ -599,10 +618,18 @@ async def sold_today(uow: UnitOfWork, deps: SaleDeps, user: User) -> int:
 async def level_2_needed(uow: UnitOfWork, deps: SaleDeps, user: User, order: Order) -> int | None:
     """The level-1 daily limit when this order would take the person past it without a
     level-2 identity; None when the order may go on."""
+    return await level_2_needed_for(uow, deps, user, order.payout_fen)
+
+
+async def level_2_needed_for(
+    uow: UnitOfWork, deps: SaleDeps, user: User, payout_fen: int
+) -> int | None:
+    """The level-1 daily limit when selling ``payout_fen`` more today (one card, or a batch's
+    total) would take the person past it without a level-2 identity; None when it may go on."""
     limit = deps.risk.l1_daily_fen
     if limit is None or user.kyc_level >= 2:
         return None
-    if await sold_today(uow, deps, user) + order.payout_fen <= limit:
+    if await sold_today(uow, deps, user) + payout_fen <= limit:
         return None
     return limit
 
@@ -669,6 +696,11 @@ async def risk_facts(
     if policy.velocity is not None:
         since = now - timedelta(minutes=policy.velocity.window_minutes)
         recent = await uow.orders.count_since(person, since)
+        if order.batch_id is not None:
+            # A batch is one sale, declared whole up front: its cards count as one towards
+            # velocity, which is about card after card being tried.
+            batch = await uow.orders.for_batch(order.batch_id)
+            recent -= max(sum(1 for o in batch if o.created_at >= since) - 1, 0)
     sharing = {fp for uid, fp in await uow.payout_accounts.holders(account.account_fp)}
     sharing.discard(user.id_number_fp)
     accounts = [await uow.users.get(uid) for uid in person]

@@ -7,8 +7,9 @@ from collections.abc import Sequence
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from core.batch import BatchProblem, BatchReceipt, CardProblem, bonus_fen_of
 from core.catalog import Catalog
-from core.model import Order, Quote
+from core.model import Batch, Order, OrderStatus, Quote, batch_number
 from core.money import percent, yuan
 from core.pricing import PricingPolicy, price_list
 from core.sale import Receipt
@@ -77,6 +78,8 @@ def orders_text(t: Translator, catalog: Catalog, orders: Sequence[Order]) -> str
                 time=local_time(order.created_at),
             )
         )
+        if order.batch_id is not None:
+            rows[-1] += t("orders.in_batch", batch=batch_number(order.batch_id))
     return "\n".join(rows)
 
 
@@ -152,3 +155,108 @@ def payout_failure(t: Translator, reason: str | None) -> str:
     key = f"payout_failure.{reason}"
     text = t(key)
     return text if text != key else t("payout_failure.other", code=reason)
+
+
+# --------------------------------------------------------------------------------------------
+# Batch sale
+
+
+def batch_line_problems(t: Translator, problems: Sequence[BatchProblem]) -> str:
+    """Every bad line of a list: its number and why (never its content: it may hold secrets)."""
+    return "\n".join(
+        t("batch.line_problem", line=p.line, reason=t(p.key, **dict(p.params))) for p in problems
+    )
+
+
+def batch_card_problems(t: Translator, problems: Sequence[CardProblem]) -> str:
+    """Every card of a batch that cannot be bought, masked, and why."""
+    rows = [t("batch.cards_refused", count=len(problems))]
+    rows += [
+        t("batch.card_problem", card=p.card_masked, reason=t(p.key, **dict(p.params)))
+        for p in problems
+    ]
+    return "\n".join(rows)
+
+
+def batch_quote_text(
+    t: Translator, catalog: Catalog, batch: Batch, orders: Sequence[Order], quotes: Sequence[Quote]
+) -> str:
+    """One quote for the batch: a line per card, the batch bonus on its own line, the totals
+    and how long the price holds."""
+    lines = [t("batch.quote_header", batch=batch.number, count=len(orders))]
+    for n, (order, quote) in enumerate(zip(orders, quotes, strict=True), start=1):
+        lines.append(
+            t(
+                "batch.quote_row",
+                n=n,
+                brand=brand_name(catalog, order.brand, t.lang),
+                card=order.card_masked,
+                balance=yuan(quote.balance_fen),
+                rate=percent(quote.rate_bp),
+                payout=yuan(quote.payout_fen),
+            )
+        )
+    bonus_bp = next(
+        (line.rate_bp for q in quotes[:1] for line in q.lines if line.key == "quote.batch_bonus"),
+        None,
+    )
+    if bonus_bp:
+        lines.append(
+            t(
+                "batch.quote_bonus",
+                count=len(orders),
+                rate=percent(bonus_bp),
+                amount=yuan(
+                    sum(bonus_fen_of(q.lines, q.balance_fen, q.gross_fen) for q in quotes)
+                ),
+            )
+        )
+    lines.append(
+        t(
+            "batch.quote_totals",
+            count=len(orders),
+            balance=yuan(sum(q.balance_fen for q in quotes)),
+            fee=yuan(sum(q.fee_fen for q in quotes)),
+            payout=yuan(sum(q.payout_fen for q in quotes)),
+        )
+    )
+    if quotes:
+        first = quotes[0]
+        minutes = max(1, round((first.expires_at - first.created_at).total_seconds() / 60))
+        lines.append(t("quote.valid_until", time=local_time(first.expires_at), minutes=minutes))
+    return "\n".join(lines)
+
+
+def batch_receipt_text(t: Translator, catalog: Catalog, receipt: BatchReceipt) -> str:
+    """The batch's one electronic receipt: every card's order, the total paid, the account,
+    the time and the audit hash; cards held for review or failed are listed as such."""
+    rows = [t("batch.receipt_header", batch=receipt.batch_number)]
+    for line in receipt.lines:
+        key = (
+            "batch.receipt_row_paid"
+            if line.status is OrderStatus.SETTLED
+            else "batch.receipt_row_other"
+        )
+        rows.append(
+            t(
+                key,
+                order=line.order_number,
+                brand=brand_name(catalog, line.brand, t.lang),
+                card=line.card_masked,
+                amount=yuan(line.payout_fen),
+                status=status_text(t, line.status.value),
+            )
+        )
+    rows.append(
+        t(
+            "batch.receipt_footer",
+            paid=yuan(receipt.paid_fen),
+            count=sum(1 for line in receipt.lines if line.status is OrderStatus.SETTLED),
+            method=t(f"method.{receipt.method.value}") if receipt.method else "-",
+            account=receipt.account_masked or "-",
+            holder=receipt.holder_masked or "-",
+            time=local_time(receipt.at),
+            hash=receipt.audit_hash[:16] or "-",
+        )
+    )
+    return "\n".join(rows)

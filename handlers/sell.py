@@ -7,10 +7,12 @@ from __future__ import annotations
 import base64
 from dataclasses import replace
 
-from core import sale
+from core import batch, sale
+from core.batch import MAX_CARDS, looks_like_a_batch, parse_batch
 from core.catalog import normalize_card_number
 from core.errors import (
     AccountSuspended,
+    CardLocked,
     CardNotFound,
     CardNotRecognised,
     CardUnusable,
@@ -18,11 +20,12 @@ from core.errors import (
     KycMismatch,
     KycUnavailable,
     QuoteExpired,
+    UserError,
     WrongSecret,
 )
 from core.masking import mask_account, mask_card_number
 from core.messages import InputKind, Option, Reply
-from core.model import Card, Order, OrderStatus, PayoutMethod
+from core.model import Batch, Card, Order, OrderStatus, PayoutMethod
 from core.money import yuan
 from core.ports import CardReading
 from handlers import render
@@ -43,6 +46,16 @@ AWAIT_BANK_CONFIRM = "await_bank_confirm"
 AWAIT_PAYOUT_CONFIRM = "await_payout_confirm"
 AWAIT_SETTLEMENT = "await_settlement"  # confirmed; the card is being redeemed and paid out
 AWAIT_LEVEL2_CARD = "await_level2_card"  # over the level-1 daily limit: a bank card to check
+# Batch sale: a list (text or CSV/TXT file) or photos one by one, then one quote for them all.
+AWAIT_BATCH_FIX = "await_batch_fix"  # some lines were bad: go on with the rest, or resend
+AWAIT_BATCH_PHOTO = "await_batch_photo"  # photos one by one, "done" when all are in
+AWAIT_BATCH_CARD_CHOICE = "await_batch_card_choice"
+AWAIT_BATCH_SECRET = "await_batch_secret"  # the secret of the card just photographed
+AWAIT_BATCH_QUOTE = "await_batch_quote"
+
+# A card list sent as a file: CSV or plain text, small enough to be a list of cards.
+LIST_FILE_SUFFIXES = (".csv", ".txt")
+MAX_LIST_FILE_BYTES = 64 * 1024
 
 MAX_SECRET_ATTEMPTS = 3
 MAX_LEVEL2_ATTEMPTS = 3
@@ -54,7 +67,7 @@ MAX_LEVEL2_ATTEMPTS = 3
 
 def menu(t: Translator) -> Reply:
     """The main menu."""
-    choices = ("menu.sell", "menu.prices", "menu.orders", "menu.help")
+    choices = ("menu.sell", "menu.prices", "menu.orders", "menu.help", "menu.sell_batch")
     return Reply(t("menu.prompt"), tuple(Option(c, t(c)) for c in choices))
 
 
@@ -159,12 +172,14 @@ async def prompt_bank_confirm(ctx: Ctx) -> tuple[Reply, ...]:
 
 
 async def prompt_level2_card(ctx: Ctx) -> tuple[Reply, ...]:
-    order_id = int(ctx.data["order_id"])
-    cancel = Option(f"pay.cancel:{order_id}", ctx.t("pay.cancel"))
+    subject = f"B{ctx.data['batch_id']}" if ctx.data.get("batch_id") else ctx.data["order_id"]
+    cancel = Option(f"pay.cancel:{subject}", ctx.t("pay.cancel"))
     return (Reply(ctx.t("identity.ask_bank_card"), (cancel,)),)
 
 
 async def prompt_payout_confirm(ctx: Ctx) -> tuple[Reply, ...]:
+    if ctx.data.get("batch_id"):
+        return await prompt_batch_payout_confirm(ctx)
     order = await ctx.uow.orders.get(int(ctx.data["order_id"]))
     account = await ctx.uow.payout_accounts.get(int(ctx.data["account_id"]))
     text = ctx.t(
@@ -188,6 +203,11 @@ async def prompt_payout_confirm(ctx: Ctx) -> tuple[Reply, ...]:
 
 
 async def prompt_settlement(ctx: Ctx) -> tuple[Reply, ...]:
+    if ctx.data.get("batch_id"):
+        number = (await ctx.uow.batches.get(int(ctx.data["batch_id"]))).number
+        text = ctx.t("batch.in_progress", batch=number)
+        subject = f"pay.status:B{ctx.data['batch_id']}"
+        return (Reply(text, (Option(subject, ctx.t("pay.status")),)),)
     order = await ctx.uow.orders.get(int(ctx.data["order_id"]))
     text = ctx.t("pay.in_progress", order=order.number, amount=yuan(order.payout_fen))
     return (Reply(text, (Option(f"pay.status:{order.id}", ctx.t("pay.status")),)),)
@@ -211,7 +231,8 @@ async def cmd_start(ctx: Ctx) -> Step:
 
 
 async def cmd_help(ctx: Ctx) -> Step:
-    return Step(ctx.step, (Reply(ctx.t("help.text")), *await PROMPTS[ctx.step](ctx)))
+    help_text = f"{ctx.t('help.text')}\n\n{ctx.t('help.human')}"
+    return Step(ctx.step, (Reply(help_text), *await PROMPTS[ctx.step](ctx)))
 
 
 async def cmd_sell(ctx: Ctx) -> Step:
@@ -235,6 +256,13 @@ async def cmd_prices(ctx: Ctx) -> Step:
 async def cmd_orders(ctx: Ctx) -> Step:
     orders = await ctx.uow.orders.for_user(ctx.user.id, limit=10)
     text = render.orders_text(ctx.t, ctx.deps.catalog, orders)
+    # "This order has a problem" on the latest orders: the desk opens a ticket about it.
+    problems = tuple(
+        Option(f"desk.order:{o.id}", ctx.t("desk.problem_option", order=o.number))
+        for o in orders[:3]
+    )
+    if problems:
+        return Step(ctx.step, (Reply(text, problems),))
     return Step(ctx.step, (Reply(text), *await PROMPTS[ctx.step](ctx)))
 
 
@@ -295,6 +323,7 @@ async def on_menu(ctx: Ctx) -> Step:
         "menu.prices": cmd_prices,
         "menu.orders": cmd_orders,
         "menu.help": cmd_help,
+        "menu.sell_batch": cmd_sell_batch,
     }[str(choice)]
     return await command(ctx)
 
@@ -303,6 +332,9 @@ async def on_text_at_start(ctx: Ctx) -> Step:
     """At the menu, a typed card number starts a sale; anything else gets the menu again."""
     text = ctx.inbound.text or ""
     digits = sum(ch.isdigit() for ch in text)
+    if digits >= 8 and looks_like_a_batch(text):
+        _clear_sale(ctx)
+        return await on_batch_text(ctx)
     if digits >= 8:
         _clear_sale(ctx)
         return await on_card_number(ctx)
@@ -314,7 +346,9 @@ async def on_text_at_start(ctx: Ctx) -> Step:
 
 
 async def on_card_number(ctx: Ctx) -> Step:
-    """A typed card number."""
+    """A typed card number (several lines: a list of cards, sold as a batch)."""
+    if looks_like_a_batch(ctx.inbound.text or ""):
+        return await on_batch_text(ctx)
     card = await sale.capture_card(ctx.uow, ctx.deps, ctx.user, ctx.inbound.text or "")
     return await _after_capture(ctx, card)
 
@@ -329,16 +363,19 @@ async def on_card_photo(ctx: Ctx) -> Step:
 
 
 async def on_card_document(ctx: Ctx) -> Step:
-    """A file: an image sent as a file counts as a photo; anything else is refused."""
+    """A file: a CSV or text file is a list of cards (a batch); an image sent as a file counts
+    as a photo; anything else is refused."""
+    if _is_list_file(ctx):
+        return await on_batch_file(ctx)
     return await on_card_photo(ctx)
 
 
-async def _from_reading(ctx: Ctx, reading: CardReading) -> Step:
-    # A photo sent from the menu starts a sale: if it cannot be used, keep waiting for a card.
+def _recognise(ctx: Ctx, reading: CardReading) -> tuple[list[tuple[str, str]], Reply | None]:
+    """The card numbers a photo shows, as (label, number); or why none can be used."""
     if "not_an_image" in reading.hints:
-        return Step(AWAIT_CARD, (Reply(ctx.t("photo.not_an_image")), *await prompt_card(ctx)))
+        return [], Reply(ctx.t("photo.not_an_image"))
     if "too_large" in reading.hints:
-        return Step(AWAIT_CARD, (Reply(ctx.t("error.file_too_large")), *await prompt_card(ctx)))
+        return [], Reply(ctx.t("error.file_too_large"))
     recognised: list[tuple[str, str]] = []
     for text in reading.candidates:
         try:
@@ -347,12 +384,23 @@ async def _from_reading(ctx: Ctx, reading: CardReading) -> Step:
             continue
         label = f"{brand.name(ctx.lang)} {mask_card_number(normalize_card_number(text))}"
         recognised.append((label, text))
-    if not recognised:
-        if reading.candidates:
-            return Step(AWAIT_CARD, (Reply(ctx.t("photo.not_a_card")), *await prompt_card(ctx)))
-        hints = [ctx.t(f"photo.hint.{h}") for h in reading.hints] or [ctx.t("photo.hint.none")]
-        text = ctx.t("photo.unreadable", hints="\n".join(f"• {h}" for h in hints))
-        return Step(AWAIT_CARD, (Reply(text),))
+    if recognised:
+        return recognised, None
+    if reading.candidates:
+        return [], Reply(ctx.t("photo.not_a_card"))
+    hints = [ctx.t(f"photo.hint.{h}") for h in reading.hints] or [ctx.t("photo.hint.none")]
+    return [], Reply(ctx.t("photo.unreadable", hints="\n".join(f"• {h}" for h in hints)))
+
+
+async def _from_reading(ctx: Ctx, reading: CardReading) -> Step:
+    # A photo sent from the menu starts a sale: if it cannot be used, keep waiting for a card.
+    recognised, problem = _recognise(ctx, reading)
+    if problem is not None:
+        unreadable = not reading.candidates and not {"not_an_image", "too_large"} & set(
+            reading.hints
+        )
+        # Advice on retaking the photo is itself what the bot waits for: no prompt after it.
+        return Step(AWAIT_CARD, (problem,) if unreadable else (problem, *await prompt_card(ctx)))
     if len(recognised) > 1:
         # Several codes on one card (e.g. a product EAN beside the card number): ask which.
         ctx.data["choices_enc"] = _seal(ctx, "\n".join(t for _, t in recognised))
@@ -478,9 +526,7 @@ async def _after_accept(ctx: Ctx) -> Step:
 
 async def on_consent(ctx: Ctx) -> Step:
     if ctx.inbound.option == "consent.no":
-        await sale.cancel_order(
-            ctx.uow, ctx.deps, int(ctx.data["order_id"]), f"user:{ctx.user.id}"
-        )
+        await _cancel_current(ctx)
         _clear_sale(ctx)
         return Step(START, (Reply(ctx.t("identity.consent_declined")), *await prompt_start(ctx)))
     await sale.record_identity_consent(ctx.uow, ctx.deps, ctx.user, ctx.inbound.channel)
@@ -575,6 +621,8 @@ async def _use_account(ctx: Ctx, method: PayoutMethod, account: str) -> Step:
 
 
 async def on_payout_confirm(ctx: Ctx) -> Step:
+    if ctx.data.get("batch_id"):
+        return await on_batch_payout_confirm(ctx)
     choice = _action(ctx)
     order = await ctx.uow.orders.get(int(ctx.data["order_id"]))
     if choice == "pay.change":
@@ -623,9 +671,7 @@ async def on_level2_card(ctx: Ctx) -> Step:
         ctx.data["level2_attempts"] = attempts
         said = Reply(ctx.t(refusal.key), delete_inbound=True)
         if attempts >= MAX_LEVEL2_ATTEMPTS:
-            await sale.cancel_order(
-                ctx.uow, ctx.deps, int(ctx.data["order_id"]), f"user:{ctx.user.id}"
-            )
+            await _cancel_current(ctx)
             _clear_sale(ctx)
             failed = Reply(ctx.t("identity.level2_failed"))
             return Step(START, (said, failed, *await prompt_start(ctx)))
@@ -640,7 +686,7 @@ async def on_level2_card(ctx: Ctx) -> Step:
 
 async def on_level2_choice(ctx: Ctx) -> Step:
     """The only choice while a bank card is awaited: give up and cancel the order."""
-    await sale.cancel_order(ctx.uow, ctx.deps, int(ctx.data["order_id"]), f"user:{ctx.user.id}")
+    await _cancel_current(ctx)
     _clear_sale(ctx)
     return Step(START, (Reply(ctx.t("sell.cancelled")), *await prompt_start(ctx)))
 
@@ -667,6 +713,8 @@ def _settle_step(ctx: Ctx, order: Order) -> Step:
 async def on_settlement_status(ctx: Ctx) -> Step:
     """Where is my money? Settlement is idempotent: carry it on as far as it goes now (after a
     restart cut it short, this finishes it) and say where it stands."""
+    if ctx.data.get("batch_id"):
+        return await _batch_settle_step(ctx, int(ctx.data["batch_id"]), ())
     order = await ctx.uow.orders.get(int(ctx.data["order_id"]))
     return _settle_step(ctx, order)
 
@@ -742,7 +790,411 @@ async def settlement_outcome(services: Services, t: Translator, order: Order) ->
 
 
 def _cleared_data() -> dict[str, object]:
-    return {"card_id": None, "order_id": None, "account_id": None, "method": None}
+    return {
+        "card_id": None,
+        "order_id": None,
+        "account_id": None,
+        "method": None,
+        "batch_id": None,
+        "batch_card_ids": None,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Batch sale: many cards, one quote, one confirmation, one receipt; each card its own order
+
+
+async def _cancel_current(ctx: Ctx) -> None:
+    """Withdraw the sale in progress: the batch's open orders, or the one order."""
+    actor = f"user:{ctx.user.id}"
+    if ctx.data.get("batch_id"):
+        await batch.cancel_batch(ctx.uow, ctx.deps, int(ctx.data["batch_id"]), actor)
+    elif ctx.data.get("order_id"):
+        await sale.cancel_order(ctx.uow, ctx.deps, int(ctx.data["order_id"]), actor)
+
+
+def _is_list_file(ctx: Ctx) -> bool:
+    return (ctx.inbound.filename or "").lower().endswith(LIST_FILE_SUFFIXES)
+
+
+def _decode_list(payload: bytes) -> str | None:
+    """A text file as people save it: UTF-8 (with or without BOM), UTF-16 with BOM (Excel's
+    "Unicode text"), or GBK (Excel and Notepad on Chinese Windows)."""
+    if payload.startswith((b"\xff\xfe", b"\xfe\xff")):
+        encodings: tuple[str, ...] = ("utf-16",)
+    else:
+        encodings = ("utf-8-sig", "gbk")
+    for encoding in encodings:
+        try:
+            return payload.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    return None
+
+
+async def prompt_batch_fix(ctx: Ctx) -> tuple[Reply, ...]:
+    count = int(ctx.data.get("batch_valid", 0))
+    options = (
+        Option("batch.go_on", ctx.t("batch.go_on", count=count)),
+        Option("batch.resend", ctx.t("batch.resend")),
+    )
+    return (Reply(ctx.t("batch.fix_prompt"), options),)
+
+
+async def prompt_batch_photo(ctx: Ctx) -> tuple[Reply, ...]:
+    count = len(ctx.data.get("batch_card_ids") or [])
+    options = [Option("batch.cancel", ctx.t("batch.cancel"))]
+    if count:
+        options.insert(0, Option("batch.done", ctx.t("batch.done", count=count)))
+    return (Reply(ctx.t("batch.photos_prompt", count=count, max=MAX_CARDS), tuple(options)),)
+
+
+async def prompt_batch_secret(ctx: Ctx) -> tuple[Reply, ...]:
+    card = await ctx.uow.cards.get(int(ctx.data["batch_pending_card"]))
+    brand = render.brand_name(ctx.deps.catalog, card.brand, ctx.lang)
+    return (Reply(ctx.t("sell.ask_secret", card=card.number_masked, brand=brand)),)
+
+
+async def prompt_batch_quote(ctx: Ctx) -> tuple[Reply, ...]:
+    batch_id = int(ctx.data["batch_id"])
+    found = await ctx.uow.batches.get(batch_id)
+    orders = [
+        o for o in await ctx.uow.orders.for_batch(batch_id) if o.status is OrderStatus.QUOTED
+    ]
+    quotes = [await ctx.uow.quotes.get(o.quote_id) for o in orders]
+    text = render.batch_quote_text(ctx.t, ctx.deps.catalog, found, orders, quotes)
+    return (
+        Reply(
+            text,
+            (
+                Option(f"quote.accept:B{batch_id}", ctx.t("quote.accept")),
+                Option(f"quote.decline:B{batch_id}", ctx.t("quote.decline")),
+            ),
+        ),
+    )
+
+
+async def prompt_batch_payout_confirm(ctx: Ctx) -> tuple[Reply, ...]:
+    batch_id = int(ctx.data["batch_id"])
+    found = await ctx.uow.batches.get(batch_id)
+    orders = await batch.open_orders(ctx.uow, batch_id)
+    account = await ctx.uow.payout_accounts.get(int(ctx.data["account_id"]))
+    text = ctx.t(
+        "batch.confirm",
+        batch=found.number,
+        count=len(orders),
+        amount=yuan(sum(o.payout_fen for o in orders)),
+        method=ctx.t(f"method.{account.method.value}"),
+        account=account.account_masked,
+        holder=account.holder_name,
+    )
+    return (
+        Reply(
+            text,
+            (
+                Option(f"pay.confirm:B{batch_id}:{account.id}", ctx.t("pay.confirm")),
+                Option("pay.change", ctx.t("pay.change")),
+                Option(f"pay.cancel:B{batch_id}", ctx.t("pay.cancel")),
+            ),
+        ),
+    )
+
+
+async def cmd_sell_batch(ctx: Ctx) -> Step:
+    """Sell several cards: photos (or typed numbers) one by one, then "done"."""
+    owed = await _owed_step(ctx)
+    if owed is not None:
+        return owed
+    replies: list[Reply] = []
+    if await _withdraw_open_orders(ctx):
+        replies.append(Reply(ctx.t("sell.previous_withdrawn")))
+    _clear_sale(ctx)
+    ctx.data["batch_card_ids"] = []
+    intro = Reply(ctx.t("batch.photos_intro", max=MAX_CARDS))
+    return Step(AWAIT_BATCH_PHOTO, (*replies, intro, *await prompt_batch_photo(ctx)))
+
+
+async def on_batch_text(ctx: Ctx) -> Step:
+    """A pasted list of cards, ``number secret`` per line."""
+    return await _batch_from_list(ctx, ctx.inbound.text or "", "text")
+
+
+async def on_batch_file(ctx: Ctx) -> Step:
+    """A CSV or TXT file listing cards; the message is deleted (it carries secrets)."""
+    payload = ctx.inbound.document or b""
+    back = ctx.step if ctx.step in (AWAIT_CARD, AWAIT_BATCH_FIX) else AWAIT_CARD
+    if len(payload) > MAX_LIST_FILE_BYTES:
+        size = ctx.t("batch.file_too_large", kb=MAX_LIST_FILE_BYTES // 1024)
+        return Step(back, (Reply(size, delete_inbound=True),))
+    text = _decode_list(payload)
+    if text is None:
+        return Step(back, (Reply(ctx.t("batch.file_encoding"), delete_inbound=True),))
+    return await _batch_from_list(ctx, text, "file")
+
+
+async def _batch_from_list(ctx: Ctx, text: str, source: str) -> Step:
+    """Check every line; bad ones are listed with their line numbers, and the user goes on
+    with the good ones or sends the list again. Nothing is stored until they go on."""
+    back = ctx.step if ctx.step in (AWAIT_CARD, AWAIT_BATCH_FIX) else AWAIT_CARD
+    try:
+        sale.check_not_suspended(ctx.deps, ctx.user)
+    except AccountSuspended as suspended:
+        _clear_sale(ctx)
+        said = Reply(ctx.t(suspended.key, **suspended.params), delete_inbound=True)
+        return Step(START, (said, *await prompt_start(ctx)))
+    parsed = parse_batch(text, ctx.deps.catalog)
+    if any(p.key == "batch.too_many" for p in parsed.problems):
+        refused = Reply(ctx.t("batch.too_many_cards", max=MAX_CARDS), delete_inbound=True)
+        return Step(back, (refused,))
+    if not parsed.cards:
+        report = render.batch_line_problems(ctx.t, parsed.problems)
+        none = Reply(f"{report}\n{ctx.t('batch.no_valid_cards')}".strip(), delete_inbound=True)
+        return Step(back, (none,))
+    if parsed.problems:
+        _clear_sale(ctx)
+        good = "\n".join(f"{c.number} {c.secret or ''}".strip() for c in parsed.cards)
+        ctx.data["batch_lines_enc"] = _seal(ctx, good)
+        ctx.data["batch_source"] = source
+        ctx.data["batch_valid"] = len(parsed.cards)
+        refused_lines = Reply(
+            ctx.t(
+                "batch.lines_refused",
+                bad=len(parsed.problems),
+                good=len(parsed.cards),
+                lines=render.batch_line_problems(ctx.t, parsed.problems),
+            ),
+            delete_inbound=True,
+        )
+        return Step(AWAIT_BATCH_FIX, (refused_lines, *await prompt_batch_fix(ctx)))
+    _clear_sale(ctx)
+    step = await _capture_and_quote(ctx, parsed.cards, source)
+    received = Reply(ctx.t("batch.received", count=len(parsed.cards)), delete_inbound=True)
+    return replace(step, replies=(received, *step.replies))
+
+
+async def on_batch_fix_choice(ctx: Ctx) -> Step:
+    if ctx.inbound.option == "batch.resend":
+        for key in ("batch_lines_enc", "batch_source", "batch_valid"):
+            ctx.data.pop(key, None)
+        return Step(AWAIT_CARD, (Reply(ctx.t("batch.send_again")),))
+    lines = parse_batch(_unseal(ctx, ctx.data.pop("batch_lines_enc")), ctx.deps.catalog)
+    source = str(ctx.data.pop("batch_source", "text"))
+    ctx.data.pop("batch_valid", None)
+    return await _capture_and_quote(ctx, lines.cards, source)
+
+
+async def _capture_and_quote(ctx: Ctx, lines: tuple[batch.BatchLine, ...], source: str) -> Step:
+    card_ids: list[int] = []
+    problems: list[batch.CardProblem] = []
+    for line in lines:
+        try:
+            card = await batch.capture_listed_card(ctx.uow, ctx.deps, ctx.user, line)
+        except (CardLocked, CardNotRecognised, WrongSecret) as refusal:
+            problems.append(batch.card_problem(mask_card_number(line.number), refusal))
+            continue
+        assert card.id is not None
+        card_ids.append(card.id)
+    return await _quote_batch_step(ctx, card_ids, source, None, problems)
+
+
+async def _quote_batch_step(
+    ctx: Ctx,
+    card_ids: list[int],
+    source: str,
+    existing: Batch | None,
+    problems: list[batch.CardProblem],
+) -> Step:
+    """Verify every card, price them together and show one quote; refused cards are listed."""
+    try:
+        quoted = await batch.quote_batch(
+            ctx.uow, ctx.deps, ctx.user, card_ids, ctx.inbound.channel, source, existing
+        )
+    except AccountSuspended as suspended:
+        _clear_sale(ctx)
+        said = Reply(ctx.t(suspended.key, **suspended.params))
+        return Step(START, (said, *await prompt_start(ctx)))
+    problems = [*problems, *quoted.problems]
+    report = (Reply(render.batch_card_problems(ctx.t, problems)),) if problems else ()
+    if not quoted.orders:
+        _clear_sale(ctx)
+        return Step(AWAIT_CARD, (*report, Reply(ctx.t("batch.nothing_to_buy"))))
+    _clear_sale(ctx)
+    ctx.data["batch_id"] = quoted.batch.id
+    ctx.data["batch_card_ids"] = [o.card_id for o in quoted.orders]
+    return Step(AWAIT_BATCH_QUOTE, (*report, *await prompt_batch_quote(ctx)))
+
+
+async def on_batch_quote_choice(ctx: Ctx) -> Step:
+    batch_id = int(ctx.data["batch_id"])
+    if _action(ctx) == "quote.decline":
+        await batch.cancel_batch(ctx.uow, ctx.deps, batch_id, f"user:{ctx.user.id}")
+        _clear_sale(ctx)
+        return Step(START, (Reply(ctx.t("quote.declined")), *await prompt_start(ctx)))
+    try:
+        await batch.accept_batch(ctx.uow, ctx.deps, batch_id)
+    except QuoteExpired as expired:
+        if expired.key == "quote.no_longer_open":
+            _clear_sale(ctx)
+            return Step(START, (Reply(ctx.t(expired.key)), *await prompt_start(ctx)))
+        # The lock ran out: check every card again and show a fresh quote to agree to.
+        found = await ctx.uow.batches.get(batch_id)
+        card_ids = [int(i) for i in ctx.data.get("batch_card_ids") or []]
+        step = await _quote_batch_step(ctx, card_ids, found.source, found, [])
+        return replace(step, replies=(Reply(ctx.t("quote.expired_requoted")), *step.replies))
+    return await _after_accept(ctx)
+
+
+async def on_batch_payout_confirm(ctx: Ctx) -> Step:
+    choice = _action(ctx)
+    batch_id = int(ctx.data["batch_id"])
+    if choice == "pay.change":
+        return Step(AWAIT_METHOD, await prompt_method(ctx))
+    if choice == "pay.cancel":
+        await batch.cancel_batch(ctx.uow, ctx.deps, batch_id, f"user:{ctx.user.id}")
+        _clear_sale(ctx)
+        return Step(START, (Reply(ctx.t("sell.cancelled")), *await prompt_start(ctx)))
+    account = await ctx.uow.payout_accounts.get(int(ctx.data["account_id"]))
+    accepted = await batch.open_orders(ctx.uow, batch_id)
+    if not accepted:
+        found = await ctx.uow.batches.get(batch_id)
+        if found.submitted_at is not None:
+            return await _batch_settle_step(ctx, batch_id, ())
+        _clear_sale(ctx)
+        return Step(START, (Reply(ctx.t("quote.no_longer_open")), *await prompt_start(ctx)))
+    total = sum(o.payout_fen for o in accepted)
+    limit = await sale.level_2_needed_for(ctx.uow, ctx.deps, ctx.user, total)
+    if limit is not None:
+        ctx.data["level2_attempts"] = 0
+        needed = Reply(ctx.t("identity.level2_needed", limit=yuan(limit)))
+        return Step(AWAIT_LEVEL2_CARD, (needed, *await prompt_level2_card(ctx)))
+    decided = await batch.submit_batch(ctx.uow, ctx.deps, batch_id, account)
+    notes: list[Reply] = []
+    for order, decision in decided:
+        if order.status is OrderStatus.REVIEW:
+            notes.append(Reply(ctx.t("risk.review", order=order.number)))
+        elif order.status is OrderStatus.REJECTED:
+            reasons = "\n".join(f"• {ctx.t(r)}" for r in decision.reasons)
+            notes.append(
+                Reply(ctx.t("batch.card_rejected", order=order.number, card=order.card_masked))
+            )
+            notes.append(Reply(ctx.t("risk.rejected", reasons=reasons)))
+    if not any(o.status is OrderStatus.APPROVED for o, _ in decided):
+        _clear_sale(ctx)
+        return Step(START, (*notes, *await prompt_start(ctx)))
+    return await _batch_settle_step(ctx, batch_id, tuple(notes))
+
+
+async def _batch_settle_step(ctx: Ctx, batch_id: int, notes: tuple[Reply, ...]) -> Step:
+    services, t = ctx.services, ctx.t
+    found = await ctx.uow.batches.get(batch_id)
+
+    async def pay() -> AfterCommit:
+        await batch.settle_batch(services.uow_factory, services.sale, batch_id)
+        return await batch_settlement_outcome(services, t, batch_id)
+
+    sending = Reply(ctx.t("batch.sending", batch=found.number))
+    return Step(AWAIT_SETTLEMENT, (*notes, sending), after_commit=pay)
+
+
+async def batch_settlement_outcome(
+    services: Services, t: Translator, batch_id: int
+) -> AfterCommit:
+    """One receipt for the whole batch once settlement has gone as far as it can for now;
+    when a payout failed, the user is asked for another account for it."""
+    async with services.uow_factory() as uow:
+        receipt = await batch.batch_receipt(uow, batch_id)
+    text = render.batch_receipt_text(t, services.sale.catalog, receipt)
+    replies = [Reply(text)]
+    failed = [line for line in receipt.lines if line.status is OrderStatus.PAYOUT_FAILED]
+    if failed:
+        async with services.uow_factory() as uow:
+            payout = await uow.payouts.for_order(failed[0].order_id)
+        reason = render.payout_failure(t, payout.failure_reason if payout else None)
+        methods = tuple(Option(f"method.{m.value}", t(f"method.{m.value}")) for m in PayoutMethod)
+        return AfterCommit(
+            (
+                *replies,
+                Reply(t("pay.failed", order=failed[0].order_number, reason=reason)),
+                Reply(t("payout.ask_method_again"), methods),
+            ),
+            to=AWAIT_METHOD,
+            data={**_cleared_data(), "order_id": failed[0].order_id},
+        )
+    return AfterCommit((*replies, menu(t)), to=START, data=_cleared_data())
+
+
+async def on_batch_photo(ctx: Ctx) -> Step:
+    """One more card, from a photo read like the single sale's."""
+    reading = ctx.reading
+    if reading is None:
+        image = ctx.inbound.image if ctx.inbound.image is not None else ctx.inbound.document
+        reading = await ctx.services.reader.read(image or b"")
+    recognised, problem = _recognise(ctx, reading)
+    if problem is not None:
+        return Step(AWAIT_BATCH_PHOTO, (problem, *await prompt_batch_photo(ctx)))
+    if len(recognised) > 1:
+        ctx.data["choices_enc"] = _seal(ctx, "\n".join(t for _, t in recognised))
+        ctx.data["choices"] = [(label, i) for i, (label, _) in enumerate(recognised)]
+        return Step(AWAIT_BATCH_CARD_CHOICE, await prompt_card_choice(ctx))
+    return await _batch_add_card(ctx, recognised[0][1], from_photo=True)
+
+
+async def on_batch_typed(ctx: Ctx) -> Step:
+    """A card number typed between photos."""
+    return await _batch_add_card(ctx, ctx.inbound.text or "", from_photo=False)
+
+
+async def on_batch_card_choice(ctx: Ctx) -> Step:
+    index = int(str(ctx.inbound.option).split(".")[1])
+    numbers = _unseal(ctx, ctx.data.pop("choices_enc")).split("\n")
+    ctx.data.pop("choices", None)
+    return await _batch_add_card(ctx, numbers[index], from_photo=True)
+
+
+async def _batch_add_card(ctx: Ctx, text: str, from_photo: bool) -> Step:
+    ids = [int(i) for i in ctx.data.get("batch_card_ids") or []]
+    if len(ids) >= MAX_CARDS:
+        full = Reply(ctx.t("batch.too_many_cards", max=MAX_CARDS))
+        return Step(AWAIT_BATCH_PHOTO, (full, *await prompt_batch_photo(ctx)))
+    card = await sale.capture_card(ctx.uow, ctx.deps, ctx.user, text)
+    for other in ids:
+        if (await ctx.uow.cards.get(other)).number_fp == card.number_fp:
+            # Rolls the capture back: the card is in the batch already.
+            raise UserError("batch.card_twice", card=card.number_masked)
+    brand = ctx.deps.catalog.get(card.brand)
+    seen = Reply(
+        ctx.t(
+            "sell.card_read" if from_photo else "sell.card_typed",
+            brand=brand.name(ctx.lang),
+            card=card.number_masked,
+        )
+    )
+    if brand.has_secret:
+        ctx.data["batch_pending_card"] = card.id
+        return Step(AWAIT_BATCH_SECRET, (seen, *await prompt_batch_secret(ctx)))
+    ctx.data["batch_card_ids"] = [*ids, card.id]
+    added = Reply(ctx.t("batch.card_added", count=len(ids) + 1))
+    return Step(AWAIT_BATCH_PHOTO, (seen, added, *await prompt_batch_photo(ctx)))
+
+
+async def on_batch_secret(ctx: Ctx) -> Step:
+    """The secret of the card just added: stored encrypted, its message deleted."""
+    card = await ctx.uow.cards.get(int(ctx.data["batch_pending_card"]))
+    await sale.attach_secret(ctx.uow, ctx.deps, card, ctx.inbound.text or "")
+    ids = [int(i) for i in ctx.data.get("batch_card_ids") or []]
+    ctx.data["batch_card_ids"] = [*ids, card.id]
+    ctx.data.pop("batch_pending_card", None)
+    stored = Reply(ctx.t("sell.secret_stored"), delete_inbound=True)
+    added = Reply(ctx.t("batch.card_added", count=len(ids) + 1))
+    return Step(AWAIT_BATCH_PHOTO, (stored, added, *await prompt_batch_photo(ctx)))
+
+
+async def on_batch_photo_choice(ctx: Ctx) -> Step:
+    if ctx.inbound.option == "batch.cancel":
+        _clear_sale(ctx)
+        return Step(START, (Reply(ctx.t("sell.cancelled")), *await prompt_start(ctx)))
+    ids = [int(i) for i in ctx.data.get("batch_card_ids") or []]
+    return await _quote_batch_step(ctx, ids, "photos", None, [])
 
 
 # --------------------------------------------------------------------------------------------
@@ -789,6 +1241,16 @@ TABLE: dict[tuple[str, InputKind], StepHandler] = {
     (AWAIT_SETTLEMENT, CHOICE): on_settlement_status,
     (AWAIT_LEVEL2_CARD, TEXT): on_level2_card,
     (AWAIT_LEVEL2_CARD, CHOICE): on_level2_choice,
+    (AWAIT_BATCH_FIX, CHOICE): on_batch_fix_choice,
+    (AWAIT_BATCH_FIX, TEXT): on_batch_text,
+    (AWAIT_BATCH_FIX, FILE): on_card_document,
+    (AWAIT_BATCH_PHOTO, PHOTO): on_batch_photo,
+    (AWAIT_BATCH_PHOTO, FILE): on_batch_photo,
+    (AWAIT_BATCH_PHOTO, TEXT): on_batch_typed,
+    (AWAIT_BATCH_PHOTO, CHOICE): on_batch_photo_choice,
+    (AWAIT_BATCH_CARD_CHOICE, CHOICE): on_batch_card_choice,
+    (AWAIT_BATCH_SECRET, TEXT): on_batch_secret,
+    (AWAIT_BATCH_QUOTE, CHOICE): on_batch_quote_choice,
 }
 
 COMMANDS: dict[str, StepHandler] = {
@@ -816,10 +1278,25 @@ PROMPTS = {
     AWAIT_PAYOUT_CONFIRM: prompt_payout_confirm,
     AWAIT_SETTLEMENT: prompt_settlement,
     AWAIT_LEVEL2_CARD: prompt_level2_card,
+    AWAIT_BATCH_FIX: prompt_batch_fix,
+    AWAIT_BATCH_PHOTO: prompt_batch_photo,
+    AWAIT_BATCH_CARD_CHOICE: prompt_card_choice,
+    AWAIT_BATCH_SECRET: prompt_batch_secret,
+    AWAIT_BATCH_QUOTE: prompt_batch_quote,
 }
 
 
-SENSITIVE = frozenset({AWAIT_SECRET, AWAIT_ID, AWAIT_PHONE, AWAIT_ACCOUNT, AWAIT_LEVEL2_CARD})
+SENSITIVE = frozenset(
+    {
+        AWAIT_SECRET,
+        AWAIT_ID,
+        AWAIT_PHONE,
+        AWAIT_ACCOUNT,
+        AWAIT_LEVEL2_CARD,
+        AWAIT_BATCH_FIX,  # what comes here is a corrected list, secrets and all
+        AWAIT_BATCH_SECRET,
+    }
+)
 
 
 def sell_flow() -> Flow:

@@ -28,6 +28,12 @@ from aiogram.types import Document, PhotoSize
 MAX_DOWNLOAD_BYTES = 20 * 1024 * 1024  # the Bot API's getFile limit
 MAX_CALLBACK_BYTES = 64
 HASHED_PREFIX = "#"
+# A list of cards sent as a file (batch sale): CSV or plain text, small.
+LIST_SUFFIXES = frozenset({".csv", ".txt"})
+LIST_MIME_TYPES = frozenset(
+    {"text/csv", "text/plain", "application/csv", "text/comma-separated-values"}
+)
+MAX_LIST_BYTES = 64 * 1024
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif"}
 )
@@ -90,3 +96,11 @@ def is_image_document(document: Document) -> bool:
         return True
     suffix = PurePosixPath(document.file_name or "").suffix.lower()
     return suffix in IMAGE_SUFFIXES
+
+
+def is_list_document(document: Document) -> bool:
+    """A file that is a list of cards: a .csv or .txt name (the name is what the handlers go
+    by), or a CSV/plain-text MIME type."""
+    suffix = PurePosixPath(document.file_name or "").suffix.lower()
+    mime = (document.mime_type or "").lower()
+    return suffix in LIST_SUFFIXES or mime in LIST_MIME_TYPES

@@ -275,7 +275,7 @@ async def test_a_used_frozen_or_expired_card_gets_a_precise_answer(
 
 async def test_a_file_that_is_not_an_image_is_refused(harness: Harness, tmp_path: Path) -> None:
     await play(harness, SCRIPT[:2])
-    notes = tmp_path / "notes.txt"
+    notes = tmp_path / "notes.pdf"  # .csv and .txt files are lists of cards (batch sale)
     notes.write_text("this is not a picture")
     await harness.say(f"/file {notes}")
     assert ZH("photo.not_an_image") in harness.text()
