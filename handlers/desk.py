@@ -80,6 +80,7 @@ _ORDER_ID = re.compile(r"^(?:CB)?0*(\d{1,12})$", re.IGNORECASE)
 RECENT_ORDER = timedelta(days=3)
 NOTICE_LEASE = timedelta(seconds=60)
 NOTICE_BATCH = 50
+NOTICE_MAX_ATTEMPTS = 30
 EVIDENCE_LINES = 20
 # A user's steps the quote screen belongs to (the sell flow's names).
 AWAIT_QUOTE = "await_quote"
@@ -439,9 +440,7 @@ class Desk:
         # One message, not four: WeChat allows only a few customer-service messages per
         # user message, and the options must arrive with the text they belong to.
         parts = [*said, Reply(user_t("desk.left_resume")), *prompt]
-        await d.notify(
-            _user_actor(ticket), Reply("\n\n".join(r.text for r in parts), options)
-        )
+        await d.notify(_user_actor(ticket), Reply("\n\n".join(r.text for r in parts), options))
 
     async def cmd_release(self, d: DeskCtx) -> list[Reply]:
         """``/release N``: back to the queue; the user's flow resumes meanwhile."""
@@ -1032,7 +1031,12 @@ async def deliver_notices(services: Services, notifier: Notifier, channels: Sequ
         for notice_id in sent:
             await uow.notices.mark_sent(notice_id, now)
         for notice_id, attempts, error in failed:
-            pause = timedelta(seconds=min(600, 5 * 2 ** min(attempts, 7)))
+            if attempts + 1 >= NOTICE_MAX_ATTEMPTS:
+                # About a day of tries (a blocked bot, an unfollowed account): stop.
+                log.warning("notice %s given up after %s tries", notice_id, attempts + 1)
+                await uow.notices.mark_sent(notice_id, now, gave_up=error)
+                continue
+            pause = timedelta(seconds=min(3600, 5 * 2 ** min(attempts, 10)))
             await uow.notices.retry_later(notice_id, now + pause, error)
         await uow.commit()
     return len(sent)

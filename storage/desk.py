@@ -185,11 +185,13 @@ class SqlAlchemyNoticeRepository:
             for r in rows
         ]
 
-    async def mark_sent(self, notice_id: int, at: datetime) -> None:
+    async def mark_sent(self, notice_id: int, at: datetime, gave_up: str | None = None) -> None:
         row = await self._session.get(NoticeRow, notice_id)
         if row is not None:
             row.sent_at = _utc(at)
             row.attempts += 1
+            if gave_up is not None:
+                row.last_error = f"gave up: {gave_up}"[:128]
             await self._session.flush()
 
     async def retry_later(self, notice_id: int, not_before: datetime, error: str) -> None:

@@ -383,3 +383,29 @@ async def test_an_order_problem_from_the_orders_list_opens_a_ticket_about_that_o
     [ticket] = await desk.tickets()
     assert ticket.order_id == order.id
     assert order.number in desk.inboxes.texts(STAFF)
+
+
+class Unreachable:
+    async def notify(self, channel: str, user_key: str, reply: Reply) -> None:
+        raise ConnectionError("blocked")
+
+
+async def test_a_notice_that_cannot_be_delivered_is_retried_with_pauses_then_given_up(
+    desk: Desk,
+) -> None:
+    from handlers.desk import NOTICE_MAX_ATTEMPTS
+
+    h = desk.h
+    assert h.app is not None
+    async with h.app.uow_factory() as uow:
+        await uow.notices.add("telegram", "900", Reply("hello"), h.clock.now())
+        await uow.commit()
+    services = h.app.services
+    assert await deliver_notices(services, Unreachable(), CHANNELS) == 0
+    assert await deliver_notices(services, desk.inboxes, CHANNELS) == 0  # pausing, not due
+    for _ in range(NOTICE_MAX_ATTEMPTS - 1):
+        h.clock.advance(hours=2)
+        await deliver_notices(services, Unreachable(), CHANNELS)
+    h.clock.advance(days=1)
+    assert await deliver_notices(services, desk.inboxes, CHANNELS) == 0  # given up
+    assert desk.inboxes.texts(STAFF) == ""
