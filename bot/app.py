@@ -16,6 +16,8 @@ from core.ports import CardIssuer, CardReader, Clock, KycProvider, PayoutGateway
 from core.pricing import default_pricing
 from core.risk import RiskPolicy, RiskRulesError, parse_policy
 from core.sale import SaleDeps, SettlementPolicy
+from handlers import broadcast as broadcast_commands
+from handlers.desk import Desk
 from handlers.engine import Conversation, Services
 from handlers.sell import sell_flow
 from storage.crypto import load_vault
@@ -117,5 +119,11 @@ async def build_app(
         ),
         reader=reader or _warmed_reader(),
         uow_factory=uow_factory,
+        desk=settings.desk_policy,
     )
-    return App(settings, uow_factory, services, Conversation(services, sell_flow()))
+    desk = Desk(
+        admin_commands=broadcast_commands.ADMIN_COMMANDS,
+        user_commands=broadcast_commands.USER_COMMANDS,
+        admin_image=broadcast_commands.on_admin_image,
+    )
+    return App(settings, uow_factory, services, Conversation(services, sell_flow(), desk))

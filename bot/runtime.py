@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from core.messages import Reply
 from core.ports import Notifier
+from handlers.desk import run_desk
 from handlers.engine import Services
 from handlers.notify import finish_unfinished
 
@@ -161,6 +162,13 @@ async def run(settings: Settings, channels: Sequence[str], options: RunOptions) 
         notifier = RoutingNotifier({r.channel: r.notifier for r in runners})
         tasks = [asyncio.create_task(r.serve(stop), name=f"serve-{r.channel}") for r in runners]
         poller = asyncio.create_task(poll_unfinished(app.services, notifier), name="unfinished")
+        # --- broadcasts (bot/broadcast.py): the outbox worker, stopped with everything else ---
+        from bot.broadcast import run_broadcasts
+
+        broadcaster = asyncio.create_task(run_broadcasts(app, runners, stop), name="broadcasts")
+        desk = asyncio.create_task(
+            run_desk(app.services, notifier, [r.channel for r in runners], stop), name="desk"
+        )
         stopper = asyncio.create_task(stop.wait(), name="stop")
         log.info("cardbot running: %s", ", ".join(channels))
         done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
@@ -171,6 +179,10 @@ async def run(settings: Settings, channels: Sequence[str], options: RunOptions) 
         poller.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await poller
+        for result in await asyncio.gather(broadcaster, return_exceptions=True):
+            if isinstance(result, BaseException):
+                log.error("the broadcast worker stopped: %r", result)
+        await desk
         await asyncio.gather(*tasks, return_exceptions=True)
         return 1 if failed else 0
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,6 +14,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from core.tickets import DeskPolicy, SlaPolicy
 
 DEFAULT_CARDS = Path(__file__).parent / "sandbox" / "cards.csv"
 DEFAULT_RISK_RULES = Path(__file__).parent / "risk.toml"
@@ -63,6 +66,30 @@ class Settings(BaseSettings):
     )
     staff: str = Field("", validation_alias=AliasChoices("CARDBOT_STAFF", "staff"))
     admins: str = Field("", validation_alias=AliasChoices("CARDBOT_ADMINS", "admins"))
+    # --- desk: tickets and their timers ---
+    staff_chats: str = Field(
+        "", validation_alias=AliasChoices("CARDBOT_STAFF_CHATS", "staff_chats")
+    )  # channel:chat entries also told of new tickets, e.g. a Telegram staff group
+    sla_first_response_minutes: int = Field(
+        15,
+        ge=1,
+        validation_alias=AliasChoices(
+            "CARDBOT_SLA_FIRST_RESPONSE_MINUTES", "sla_first_response_minutes"
+        ),
+    )
+    sla_resolution_minutes: int = Field(
+        240,
+        ge=1,
+        validation_alias=AliasChoices("CARDBOT_SLA_RESOLUTION_MINUTES", "sla_resolution_minutes"),
+    )
+    sla_escalate_after_minutes: int = Field(
+        15,
+        ge=1,
+        validation_alias=AliasChoices(
+            "CARDBOT_SLA_ESCALATE_AFTER_MINUTES", "sla_escalate_after_minutes"
+        ),
+    )
+    # --- end desk ---
     redis_url: str | None = _env("CARDBOT_REDIS_URL", "redis_url")
     log_level: str = Field("INFO", validation_alias=AliasChoices("CARDBOT_LOG_LEVEL", "log_level"))
 
@@ -130,7 +157,45 @@ class Settings(BaseSettings):
     )
     # --- end telegram ---
 
-    @field_validator("staff", "admins")
+    # --- broadcast (bot/broadcast.py) ---
+    # Deliveries a channel claims ahead of sending (each is committed "sending" first, so a
+    # crash leaves at most about this many plus those in flight as "unknown").
+    broadcast_claim_ahead: int = Field(
+        8,
+        ge=1,
+        validation_alias=AliasChoices("CARDBOT_BROADCAST_CLAIM_AHEAD", "broadcast_claim_ahead"),
+    )
+    # Telegram broadcast sends in flight at once (replies compete with this many for a slot).
+    broadcast_concurrency: int = Field(
+        4,
+        ge=1,
+        validation_alias=AliasChoices("CARDBOT_BROADCAST_CONCURRENCY", "broadcast_concurrency"),
+    )
+    # A delivery another worker left "sending" this long ago is reported unknown (never resent).
+    broadcast_stale_seconds: float = Field(
+        120.0,
+        gt=0,
+        validation_alias=AliasChoices(
+            "CARDBOT_BROADCAST_STALE_SECONDS", "broadcast_stale_seconds"
+        ),
+    )
+    # Tests and benchmarks only: the Telegram limiter's clock runs this many times faster (the
+    # fake Bot API is told the same), so 30 messages/s become 30 x N real ones.
+    time_scale: float = Field(
+        1.0, gt=0, validation_alias=AliasChoices("CARDBOT_TIME_SCALE", "time_scale")
+    )
+    # The Telegram limiter's slack on its one-second window (FlowControl's ``margin``): 1 %
+    # by default. Sends are dated by their answer, which already keeps the limit by Telegram's
+    # clock; 5 % cost a broadcast 5 % of its allowed rate (bench/broadcast.py).
+    telegram_flow_margin: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        validation_alias=AliasChoices("TELEGRAM_FLOW_MARGIN", "telegram_flow_margin"),
+    )
+    # --- end broadcast ---
+
+    @field_validator("staff", "admins", "staff_chats")
     @classmethod
     def _roles(cls, value: str) -> str:
         for item in filter(None, (part.strip() for part in value.split(","))):
@@ -138,6 +203,24 @@ class Settings(BaseSettings):
             if channel not in ("telegram", "wechat", "console") or not user:
                 raise ValueError(f"expected channel:user_id entries, got {item!r}")
         return value
+
+    @property
+    def desk_policy(self) -> DeskPolicy:
+        """Who works the desk (``channel:id`` actors) and its timers."""
+
+        def actors(entries: str) -> list[str]:
+            return [part.strip() for part in entries.split(",") if part.strip()]
+
+        return DeskPolicy(
+            staff=frozenset(actors(self.staff)),
+            admins=frozenset(actors(self.admins)),
+            alert_chats=tuple(actors(self.staff_chats)),
+            sla=SlaPolicy(
+                first_response=timedelta(minutes=self.sla_first_response_minutes),
+                resolution=timedelta(minutes=self.sla_resolution_minutes),
+                escalate_after=timedelta(minutes=self.sla_escalate_after_minutes),
+            ),
+        )
 
     @property
     def resolved_database_url(self) -> str:

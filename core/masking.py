@@ -145,7 +145,21 @@ _MIXED_TOKEN = re.compile(
 )
 
 
+# Codes typed in groups — "A3K9-7Q2M-X5T8-W4P6", "x7k9 m2p4 ..." — where every group has a digit:
+# words of a sentence almost never do.
+_GROUP = r"(?=[A-Za-z0-9]*\d)[A-Za-z0-9]{2,8}"
+_GROUPED_CODE = re.compile(rf"(?<![A-Za-z0-9]){_GROUP}(?:[ -]{_GROUP})+(?![A-Za-z0-9])")
 _OUR_NUMBER = re.compile(r"(?<![A-Za-z0-9])((?:CB|PB)\d{8})(?![0-9])", re.IGNORECASE)
+
+
+def _hide_codes(text: str) -> str:
+    def hide(match: re.Match[str]) -> str:
+        code = match.group(0)
+        alnum = sum(c.isalnum() for c in code)
+        has_letter = any(c.isalpha() for c in code)
+        return _STAR * len(code) if alnum >= 8 and has_letter else code
+
+    return _MIXED_TOKEN.sub(lambda m: _STAR * len(m.group(0)), _GROUPED_CODE.sub(hide, text))
 
 
 def redact_for_staff(text: str) -> str:
@@ -154,6 +168,5 @@ def redact_for_staff(text: str) -> str:
     numbers (CB…/PB…) are kept: people quote them in complaints."""
     parts = _OUR_NUMBER.split(text)
     return "".join(
-        part if index % 2 else _MIXED_TOKEN.sub(lambda m: _STAR * len(m.group(0)), redact(part))
-        for index, part in enumerate(parts)
+        part if index % 2 else _hide_codes(redact(part)) for index, part in enumerate(parts)
     )

@@ -13,6 +13,7 @@ from typing import Protocol, Self
 from core.messages import Reply
 from core.model import (
     AuditEvent,
+    Batch,
     Card,
     CardStatus,
     ChannelIdentity,
@@ -27,8 +28,10 @@ from core.model import (
     PayoutState,
     Quote,
     RateTable,
+    Role,
     User,
 )
+from core.tickets import Ticket, TicketMessage
 
 # --------------------------------------------------------------------------------------------
 # Vision
@@ -213,6 +216,11 @@ class UserRepository(Protocol):
         """A user by id; raises KeyError."""
         ...
 
+    async def language_of(self, channel: str, external_id: str) -> str | None:
+        """The language of the user behind a channel identity; None if none exists (nothing
+        is created)."""
+        ...
+
     async def update(self, user: User) -> None:
         """Store changed fields of a user."""
         ...
@@ -311,6 +319,24 @@ class OrderRepository(Protocol):
 
     async def undisclosed_reviews(self) -> Sequence[Order]:
         """Orders with a review decision the user has not been told yet, oldest first."""
+        ...
+
+    async def for_batch(self, batch_id: int) -> Sequence[Order]:
+        """The orders of a batch sale, in the order they were opened."""
+        ...
+
+
+class BatchRepository(Protocol):
+    async def add(self, batch: Batch) -> Batch:
+        """Insert a batch sale; returns it with its id."""
+        ...
+
+    async def get(self, batch_id: int) -> Batch:
+        """A batch by id; raises KeyError."""
+        ...
+
+    async def update(self, batch: Batch) -> None:
+        """Store changed fields (submitted_at)."""
         ...
 
 
@@ -455,6 +481,10 @@ class UnitOfWork(Protocol):
     audit: AuditRepository
     risk_list: RiskListRepository
     rates: RateTableRepository
+    tickets: TicketRepository
+    notices: NoticeRepository
+    role_grants: RoleGrantRepository
+    batches: BatchRepository
 
     async def __aenter__(self) -> Self: ...
 
@@ -640,5 +670,233 @@ class WeChatUnitOfWork(UnitOfWork, Protocol):
 
 class WeChatUnitOfWorkFactory(Protocol):
     def __call__(self) -> WeChatUnitOfWork:
+        """A fresh unit of work."""
+        ...
+
+
+# --------------------------------------------------------------------------------------------
+# The desk (handlers/desk.py): tickets, notices to people other than the sender, granted roles.
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A message waiting for delivery to a channel user (masked values only)."""
+
+    id: int
+    channel: str
+    user_key: str
+    reply: Reply
+    attempts: int
+
+
+class TicketRepository(Protocol):
+    async def add(self, ticket: Ticket) -> Ticket:
+        """Store a new ticket; returns it with its id."""
+        ...
+
+    async def get(self, ticket_id: int, lock: bool = False) -> Ticket | None:
+        """A ticket by id; ``lock`` holds its row until the unit of work ends."""
+        ...
+
+    async def update(self, ticket: Ticket) -> None:
+        """Store the ticket's new state."""
+        ...
+
+    async def active_for_user(self, user_id: int) -> Ticket | None:
+        """The user's open or taken ticket, if any."""
+        ...
+
+    async def current_for(self, staff: str) -> Ticket | None:
+        """The ticket this staff member most recently took up and still holds."""
+        ...
+
+    async def active(self) -> Sequence[Ticket]:
+        """Every open or taken ticket."""
+        ...
+
+    async def add_message(self, message: TicketMessage) -> None:
+        """Record a line of the ticket."""
+        ...
+
+    async def messages(self, ticket_id: int) -> Sequence[TicketMessage]:
+        """The ticket's lines, oldest first."""
+        ...
+
+
+class NoticeRepository(Protocol):
+    async def add(self, channel: str, user_key: str, reply: Reply, at: datetime) -> None:
+        """Queue a message for delivery."""
+        ...
+
+    async def claim(
+        self, channels: Sequence[str], now: datetime, until: datetime, limit: int
+    ) -> Sequence[Notice]:
+        """Undelivered notices to these channels whose time has come, oldest first, leased
+        until ``until`` (no other process takes them meanwhile; a crash makes them due again
+        then)."""
+        ...
+
+    async def mark_sent(self, notice_id: int, at: datetime, gave_up: str | None = None) -> None:
+        """Delivered — or, with ``gave_up`` (the last error), never to be tried again."""
+        ...
+
+    async def retry_later(self, notice_id: int, not_before: datetime, error: str) -> None:
+        """Delivery failed for now: try again from ``not_before``."""
+        ...
+
+
+class RoleGrantRepository(Protocol):
+    async def role_of(self, actor: str) -> Role | None:
+        """The role granted to ``actor`` in chat, if any."""
+        ...
+
+    async def grant(self, actor: str, role: Role, by: str, at: datetime) -> None:
+        """Grant (or change) a role."""
+        ...
+
+    async def revoke(self, actor: str) -> bool:
+        """Take a granted role away; False if none was granted."""
+        ...
+
+    async def holders(self) -> Sequence[tuple[str, Role]]:
+        """Every granted (actor, role)."""
+        ...
+
+
+# --------------------------------------------------------------------------------------------
+# Broadcasts (core/broadcast.py): the broadcasts, their per-recipient outbox, and who wants to
+# hear what.
+
+import typing  # noqa: E402 - this block is self-contained
+
+if typing.TYPE_CHECKING:  # core.broadcast imports this module for its unit of work
+    from core.broadcast import (
+        Audience,
+        Broadcast,
+        BroadcastState,
+        Delivery,
+        DeliveryReport,
+        Outcome,
+    )
+
+
+class BroadcastRepository(Protocol):
+    async def add(self, broadcast: Broadcast) -> Broadcast:
+        """Insert; returns it with its id."""
+        ...
+
+    async def get(self, broadcast_id: int) -> Broadcast:
+        """A broadcast by id; raises KeyError."""
+        ...
+
+    async def drafts_of(self, actor: str) -> Sequence[Broadcast]:
+        """An admin's unconfirmed drafts, oldest first."""
+        ...
+
+    async def set_image(self, broadcast_id: int, image: bytes) -> None:
+        """Attach a picture to a draft."""
+        ...
+
+    async def set_state(
+        self, broadcast_id: int, state: BroadcastState, at: datetime, actor: str | None = None
+    ) -> None:
+        """Move a broadcast to ``state`` (cancelled: by ``actor``; finished: ends now)."""
+        ...
+
+    async def confirm(
+        self, broadcast_id: int, recipients: int, send_at: datetime, at: datetime
+    ) -> None:
+        """A draft becomes scheduled for ``send_at`` with this many recipients."""
+        ...
+
+    async def count_audience(self, audience: Audience) -> int:
+        """How many people an audience reaches now."""
+        ...
+
+    async def materialise(self, broadcast_id: int, audience: Audience, at: datetime) -> int:
+        """One pending delivery per recipient of the audience (a snapshot of the channel and
+        chat it goes to), in bulk; how many."""
+        ...
+
+    async def skip_pending(self, broadcast_id: int, reason: str, at: datetime) -> int:
+        """Every pending delivery of a broadcast becomes skipped; how many."""
+        ...
+
+    async def report(self, broadcast_id: int) -> DeliveryReport:
+        """Counts of a broadcast's deliveries per state."""
+        ...
+
+    async def recent(self, limit: int) -> Sequence[Broadcast]:
+        """The latest broadcasts that are not drafts, newest first (images not loaded)."""
+        ...
+
+    async def deliveries(self, broadcast_id: int) -> Sequence[Delivery]:
+        """A broadcast's deliveries, in id order."""
+        ...
+
+    async def claim(
+        self, channel: str, worker: str, now: datetime, limit: int
+    ) -> Sequence[Delivery]:
+        """Mark up to ``limit`` due pending deliveries of a channel ``sending`` by ``worker``
+        (oldest broadcast first, in id order) and return them; scheduled broadcasts whose time
+        has come start sending. A delivery is claimed by one worker only."""
+        ...
+
+    async def record(
+        self, worker: str, outcomes: Sequence[tuple[int, Outcome]], at: datetime
+    ) -> int:
+        """Store what became of deliveries this worker claimed (``pending``: the request
+        surely never left, it may be claimed again); how many rows changed."""
+        ...
+
+    async def expire_claims(self, channel: str, worker: str, before: datetime) -> int:
+        """Deliveries of a channel left ``sending`` by another worker since before ``before``
+        (a crash) become ``unknown``; how many."""
+        ...
+
+    async def finish_done(self, at: datetime) -> Sequence[int]:
+        """Sending broadcasts with no pending or sending delivery left become finished; ids."""
+        ...
+
+
+class SubscriptionRepository(Protocol):
+    async def add(self, user_id: int, brand: str, at: datetime) -> bool:
+        """Subscribe a user to a brand's rate alerts; False if subscribed already."""
+        ...
+
+    async def remove(self, user_id: int, brand: str) -> int:
+        """End one subscription; how many ended (0 or 1)."""
+        ...
+
+    async def remove_all(self, user_id: int) -> int:
+        """End every subscription of a user; how many."""
+        ...
+
+    async def brands_of(self, user_id: int) -> Sequence[str]:
+        """The brands a user follows, in code order."""
+        ...
+
+    async def opt_out(self, user_id: int, at: datetime) -> None:
+        """The user wants no broadcasts at all."""
+        ...
+
+    async def opt_in(self, user_id: int) -> bool:
+        """Undo an opt-out; False if the user had not opted out."""
+        ...
+
+    async def opted_out(self, user_id: int) -> bool:
+        """Whether the user opted out of broadcasts."""
+        ...
+
+
+class BroadcastUnitOfWork(UnitOfWork, Protocol):
+    """A unit of work that also reaches broadcasts and subscriptions."""
+
+    broadcasts: BroadcastRepository
+    subscriptions: SubscriptionRepository
+
+
+class BroadcastUnitOfWorkFactory(Protocol):
+    def __call__(self) -> BroadcastUnitOfWork:
         """A fresh unit of work."""
         ...

@@ -29,13 +29,13 @@ from typing import Any
 
 from core import review, sale
 from core.broadcast import find_brand, parse_send_time
-from core.errors import PreconditionFailed, UserError
+from core.errors import ExternalError, PreconditionFailed, UserError
 from core.masking import redact_for_staff
 from core.messages import Inbound, InputKind, Option, Reply
 from core.model import ConversationState, Order, OrderStatus, RateTable, Role, User
 from core.money import yuan
 from core.ports import Notifier, UnitOfWork
-from core.pricing import RateTableError, pricing_to_dict, with_band_rate
+from core.pricing import RateTableError, pricing_from_dict, pricing_to_dict, with_band_rate
 from core.tickets import (
     AlertKind,
     Outcome,
@@ -146,10 +146,10 @@ async def staff_actors(
 
 
 async def translator_for(uow: UnitOfWork, actor: str, at: datetime) -> Translator:
-    """The language someone last spoke to us in (Chinese for someone new)."""
+    """The language someone last spoke to us in (Chinese for someone new). Looking does not
+    make them a user: a staff group must never become a broadcast recipient."""
     channel, _, key = actor.partition(":")
-    user, _ = await uow.users.for_channel(channel, key, key, "zh", at)
-    return Translator(resolve_language(user.language))
+    return Translator(resolve_language(await uow.users.language_of(channel, key)))
 
 
 def _ticket_id(text: str) -> int | None:
@@ -292,6 +292,10 @@ class Desk:
         await d.uow.audit.append(
             d.now, d.actor, "ticket.replied", f"ticket:{ticket.id}", {"chars": len(text)}
         )
+        held = [t for t in await d.uow.tickets.active() if t.assignee == d.actor]
+        if len(held) > 1:
+            # Holding several: say where this went (/take N switches).
+            return self._step(ctx, d, [Reply(d.t("desk.replied_to", ticket=ticket.number))])
         return self._step(ctx, d, [])
 
     async def _from_user(self, ctx: Ctx, d: DeskCtx, ticket: Ticket) -> list[Reply]:
@@ -306,6 +310,13 @@ class Desk:
                 ticket.assignee, Reply(staff_t("desk.user_sent_file", ticket=ticket.number))
             )
             return [Reply(d.t("desk.files_not_relayed"))]
+        if self._conversation is not None and ctx.step in self._conversation.flow.sensitive:
+            # The user's step waits for a secret, an ID or an account: whatever they type now
+            # may be one. Staff hear that something was said, never what; the chat drops it.
+            await d.notify(
+                ticket.assignee, Reply(staff_t("desk.user_said_hidden", ticket=ticket.number))
+            )
+            return [Reply(d.t("desk.hidden_from_staff"), delete_inbound=True)]
         typed = ctx.typed if ctx.typed is not None else d.inbound.text or ""
         if kind is InputKind.COMMAND and ctx.typed is None:
             typed = f"/{d.inbound.command} {d.inbound.args}".strip()
@@ -327,12 +338,18 @@ class Desk:
         if ticket_id is None or outcome is None:
             return [Reply(d.t("desk.resolve_usage"))]
         note = parts[2].strip() if len(parts) > 2 else ""
-        ticket = await _ticket(d, ticket_id, lock=True)
-        resolved = resolve_ticket(ticket, d.actor, outcome, note, d.now)
+        ticket, state = await _lock_ticket_and_user(d, ticket_id)
+        resolved = resolve_ticket(ticket, _acting_as(d, ticket), outcome, note, d.now)
         user = await d.uow.users.get(ticket.user_id)
         user_t = Translator(resolve_language(user.language))
         order = await d.uow.orders.get(ticket.order_id) if ticket.order_id else None
+        busy = _busy_elsewhere(state, ticket.order_id)
+        if outcome is Outcome.REQUOTE and busy:
+            # A new quote would take them away from what they are doing now.
+            raise TicketError("desk.user_busy", ticket=ticket.number)
         to_step, data_update = await self._apply_outcome(d, ticket, outcome, note, order, user)
+        if busy:
+            to_step, data_update = None, {}
         await d.uow.tickets.update(resolved)
         assert ticket.id is not None
         await d.uow.tickets.add_message(
@@ -376,15 +393,17 @@ class Desk:
             return None, {}
         if order is None or order.id is None:
             raise TicketError("desk.no_order", ticket=ticket.number)
+        if order.user_id != ticket.user_id:
+            raise TicketError("desk.no_order", ticket=ticket.number)
         if outcome in (Outcome.APPROVE, Outcome.REJECT):
-            if order.status is not OrderStatus.REVIEW:
-                raise TicketError("desk.not_in_review", order=order.number)
+            if outcome is Outcome.REJECT and not note:
+                raise TicketError("desk.reject_needs_note", ticket=ticket.number)
             try:
                 await review.decide(
                     d.uow, deps.clock, order.id, outcome is Outcome.APPROVE, d.actor, note
                 )
             except PreconditionFailed:
-                raise TicketError("desk.reject_needs_note", ticket=ticket.number) from None
+                raise TicketError("desk.not_in_review", order=order.number) from None
             return None, {}
         if outcome is Outcome.REFUND:
             await sale.cancel_order(d.uow, deps, order.id, d.actor)
@@ -400,6 +419,9 @@ class Desk:
             _, fresh = await sale.quote_for(d.uow, deps, user, card, ticket.channel)
         except UserError as refusal:
             raise TicketError("desk.requote_failed", order=order.number, why=refusal.key) from None
+        except ExternalError as failure:
+            why = type(failure).__name__
+            raise TicketError("desk.requote_failed", order=order.number, why=why) from None
         return AWAIT_QUOTE, {"order_id": fresh.id, "card_id": card.id, "requoted_by": d.actor}
 
     async def _resume_user(
@@ -443,18 +465,24 @@ class Desk:
         await d.notify(_user_actor(ticket), Reply("\n\n".join(r.text for r in parts), options))
 
     async def cmd_release(self, d: DeskCtx) -> list[Reply]:
-        """``/release N``: back to the queue; the user's flow resumes meanwhile."""
+        """``/release N``: back to the queue; the user's flow resumes meanwhile. An admin may
+        release anyone's ticket (its holder has gone)."""
         ticket_id = _ticket_id(d.args)
         if ticket_id is None:
             return [Reply(d.t("desk.release_usage"))]
-        ticket = await _ticket(d, ticket_id, lock=True)
-        await d.uow.tickets.update(release_ticket(ticket, d.actor))
-        await d.uow.audit.append(d.now, d.actor, "ticket.released", f"ticket:{ticket_id}", {})
+        ticket, _ = await _lock_ticket_and_user(d, ticket_id)
+        await self._release(d, ticket, _acting_as(d, ticket))
+        return [Reply(d.t("desk.released_staff", ticket=ticket.number))]
+
+    async def _release(self, d: DeskCtx, ticket: Ticket, holder: str) -> None:
+        await d.uow.tickets.update(release_ticket(ticket, holder))
+        await d.uow.audit.append(
+            d.now, d.actor, "ticket.released", f"ticket:{ticket.id}", {"holder": holder}
+        )
         user = await d.uow.users.get(ticket.user_id)
         user_t = Translator(resolve_language(user.language))
         said = [Reply(user_t("desk.released", ticket=ticket.number))]
         await self._resume_user(d, ticket, user, said, None, {})
-        return [Reply(d.t("desk.released_staff", ticket=ticket.number))]
 
     async def cmd_revoke(self, d: DeskCtx) -> list[Reply]:
         """``/revoke ACTOR``: a granted role taken away; their taken tickets go back."""
@@ -467,15 +495,38 @@ class Desk:
             return [Reply(d.t("desk.no_grant", actor=target))]
         await d.uow.audit.append(d.now, d.actor, "role.revoked", f"actor:{target}", {})
         released = 0
-        for ticket in await d.uow.tickets.active():
+        for candidate in await d.uow.tickets.active():
+            if candidate.assignee != target or candidate.id is None:
+                continue
+            ticket, _ = await _lock_ticket_and_user(d, candidate.id)
             if ticket.assignee == target and ticket.status is TicketStatus.TAKEN:
-                await d.uow.tickets.update(release_ticket(ticket, target))
-                user = await d.uow.users.get(ticket.user_id)
-                user_t = Translator(resolve_language(user.language))
-                said = [Reply(user_t("desk.released", ticket=ticket.number))]
-                await self._resume_user(d, ticket, user, said, None, {})
+                await self._release(d, ticket, target)
                 released += 1
         return [Reply(d.t("desk.revoked", actor=target, released=released))]
+
+
+async def _lock_ticket_and_user(
+    d: DeskCtx, ticket_id: int
+) -> tuple[Ticket, ConversationState | None]:
+    """The ticket and its user's conversation, both locked — the conversation first, in the
+    order the user's own messages take them, so the two never wait for each other."""
+    ticket = await _ticket(d, ticket_id)
+    state = await d.uow.conversations.get(ticket.channel, ticket.user_key, lock=True)
+    return await _ticket(d, ticket_id, lock=True), state
+
+
+def _acting_as(d: DeskCtx, ticket: Ticket) -> str:
+    """Who acts on a taken ticket: its holder; an admin may act for any holder."""
+    if d.role is Role.ADMIN and ticket.assignee:
+        return ticket.assignee
+    return d.actor
+
+
+def _busy_elsewhere(state: ConversationState | None, order_id: int | None) -> bool:
+    """Whether the user is in the middle of something other than this ticket's order."""
+    if state is None or state.step == START:
+        return False
+    return state.data.get("order_id") != order_id
 
 
 # Orders a re-quote may replace: nothing has been redeemed or paid yet.
@@ -740,13 +791,32 @@ async def cmd_take(d: DeskCtx) -> list[Reply]:
     if ticket_id is None:
         return [Reply(d.t("desk.take_usage"))]
     ticket = await _ticket(d, ticket_id, lock=True)
-    taken = take_ticket(ticket, d.actor, d.now)
+    held_by_other = ticket.status is TicketStatus.TAKEN and ticket.assignee != d.actor
+    if held_by_other and d.role is Role.ADMIN and ticket.assignee:
+        # An admin takes over a ticket whose holder is away (the timers told them).
+        taken = transfer_ticket(ticket, ticket.assignee, d.actor, d.now)
+    else:
+        taken = take_ticket(ticket, d.actor, d.now)
     await d.uow.tickets.update(taken)
-    await d.uow.audit.append(d.now, d.actor, "ticket.taken", f"ticket:{ticket_id}", {})
+    await d.uow.audit.append(
+        d.now, d.actor, "ticket.taken", f"ticket:{ticket_id}", {"from": ticket.assignee}
+    )
+    user = await d.uow.users.get(ticket.user_id)
+    user_t = Translator(resolve_language(user.language))
     if ticket.status is TicketStatus.OPEN:
-        user = await d.uow.users.get(ticket.user_id)
-        user_t = Translator(resolve_language(user.language))
         await d.notify(_user_actor(ticket), Reply(user_t("desk.joined", ticket=ticket.number)))
+    elif held_by_other:
+        await d.notify(
+            _user_actor(ticket), Reply(user_t("desk.transferred", ticket=ticket.number))
+        )
+        await d.notify(
+            ticket.assignee or d.actor,
+            Reply(
+                (await translator_for(d.uow, ticket.assignee or d.actor, d.now))(
+                    "desk.taken_over", ticket=ticket.number, by=d.actor
+                )
+            ),
+        )
     return [Reply(await ticket_card(d, taken))]
 
 
@@ -986,7 +1056,7 @@ async def cmd_rate(d: DeskCtx) -> list[Reply]:
             "previous": base.version,
         },
     )
-    return [
+    replies = [
         Reply(
             d.t(
                 "desk.rate_set",
@@ -998,6 +1068,44 @@ async def cmd_rate(d: DeskCtx) -> list[Reply]:
             )
         )
     ]
+    # A table already scheduled for later was copied from the rates before this change: carry
+    # the change into it (a newer table for the same time wins), or it would undo it then.
+    for later in sorted(await d.uow.rates.all(), key=lambda t: t.effective_from):
+        if later.effective_from <= starts or later.version == version:
+            continue
+        try:
+            carried = with_band_rate(
+                pricing_from_dict(later.content),
+                brand.code,
+                band_text,
+                rate_bp,
+                f"{later.version[:40]}+{version[-20:]}",
+                later.effective_from,
+            )
+        except RateTableError as exc:
+            replies.append(Reply(d.t("desk.rate_not_carried", version=later.version, why=exc)))
+            continue
+        await d.uow.rates.add(
+            replace(
+                table,
+                version=carried.version,
+                effective_from=later.effective_from,
+                content=pricing_to_dict(carried),
+            )
+        )
+        await d.uow.audit.append(
+            d.now, d.actor, "rates.carried", f"rates:{carried.version}", {"into": later.version}
+        )
+        replies.append(
+            Reply(
+                d.t(
+                    "desk.rate_carried",
+                    version=later.version,
+                    at=render.local_time(later.effective_from),
+                )
+            )
+        )
+    return replies
 
 
 # --------------------------------------------------------------------------------------------
@@ -1050,6 +1158,12 @@ async def check_sla(services: Services) -> int:
     async with services.uow_factory() as uow:
         now = clock.now()
         for ticket in await uow.tickets.active():
+            if ticket.assignee and await role_of(uow, services, ticket.assignee) is Role.CUSTOMER:
+                # The holder is no longer staff (removed from the settings): back to the queue,
+                # or the user's flow would stay paused for someone who is gone.
+                await _holder_gone(uow, ticket, now)
+                count += 1
+                continue
             due = sla_alerts(ticket, now, policy.sla)
             if not due:
                 continue
@@ -1078,6 +1192,25 @@ async def check_sla(services: Services) -> int:
     if count:
         services.notices_queued.set()
     return count
+
+
+async def _holder_gone(uow: UnitOfWork, ticket: Ticket, now: datetime) -> None:
+    locked = await uow.tickets.get(ticket.id or 0, lock=True)
+    if locked is None or locked.status is not TicketStatus.TAKEN or not locked.assignee:
+        return
+    await uow.tickets.update(release_ticket(locked, locked.assignee))
+    await uow.audit.append(
+        now, "desk", "ticket.released", f"ticket:{locked.id}", {"holder": locked.assignee}
+    )
+    user_t = Translator(
+        resolve_language(await uow.users.language_of(locked.channel, locked.user_key))
+    )
+    await uow.notices.add(
+        locked.channel,
+        locked.user_key,
+        Reply(user_t("desk.holder_gone", ticket=locked.number)),
+        now,
+    )
 
 
 async def _alert_targets(

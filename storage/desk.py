@@ -75,8 +75,13 @@ class SqlAlchemyTicketRepository:
         return _ticket(row)
 
     async def get(self, ticket_id: int, lock: bool = False) -> Ticket | None:
+        # FOR NO KEY UPDATE: a user's message adding a line to the ticket (a foreign key to
+        # it) does not wait for staff working on the ticket.
         row = await self._session.get(
-            TicketRow, ticket_id, with_for_update=lock, populate_existing=lock
+            TicketRow,
+            ticket_id,
+            with_for_update={"key_share": True} if lock else None,
+            populate_existing=lock,
         )
         return None if row is None else _ticket(row)
 

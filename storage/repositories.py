@@ -20,6 +20,7 @@ from core.audit import GENESIS_HASH, canonical_json, chain_hash
 from core.errors import ConcurrentUpdate, LedgerError
 from core.model import (
     AuditEvent,
+    Batch,
     Card,
     ChannelIdentity,
     Consent,
@@ -41,6 +42,7 @@ from core.ports import CachedAccessToken, ContactWindow, OutboundMessage
 from storage.tables import (
     AuditEventRow,
     Base,
+    BatchRow,
     CardRow,
     ChannelIdentityRow,
     ConsentRow,
@@ -283,6 +285,15 @@ def _identity(row: ChannelIdentityRow) -> ChannelIdentity:
 class SqlAlchemyUserRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
+
+    async def language_of(self, channel: str, external_id: str) -> str | None:
+        """The language of the user behind a channel identity; None if none exists (nothing
+        is created)."""
+        row = await self._identity_row(channel, external_id)
+        if row is None:
+            return None
+        user = await self._session.get(UserRow, row.user_id)
+        return None if user is None else user.language
 
     async def _identity_row(self, channel: str, external_id: str) -> ChannelIdentityRow | None:
         result = await self._session.execute(
@@ -560,6 +571,7 @@ def _order(row: OrderRow) -> Order:
         reviewed_by=row.reviewed_by,
         review_note=row.review_note,
         review_announced_at=row.review_announced_at,
+        batch_id=row.batch_id,
         id=row.id,
     )
 
@@ -589,6 +601,7 @@ def _order_values(order: Order) -> dict[str, Any]:
         "reviewed_by": order.reviewed_by,
         "review_note": order.review_note,
         "review_announced_at": _utc_or_none(order.review_announced_at),
+        "batch_id": order.batch_id,
     }
 
 
@@ -695,6 +708,13 @@ class SqlAlchemyOrderRepository(_Records[Order, OrderRow]):
             )
         )
         return int(total or 0)
+
+    async def for_batch(self, batch_id: int) -> Sequence[Order]:
+        """The orders of a batch sale, in the order they were opened."""
+        result = await self._session.scalars(
+            select(OrderRow).where(OrderRow.batch_id == batch_id).order_by(OrderRow.id)
+        )
+        return [_order(row) for row in result]
 
 
 # --------------------------------------------------------------------------------------------
@@ -1507,3 +1527,485 @@ __all__ += [
     "SqlAlchemyWeChatOutboxRepository",
     "SqlAlchemyWeChatTokenRepository",
 ]
+
+
+# --------------------------------------------------------------------------------------------
+# Batch sales
+
+
+def _batch(row: BatchRow) -> Batch:
+    return Batch(
+        user_id=row.user_id,
+        channel=row.channel,
+        source=row.source,
+        created_at=row.created_at,
+        submitted_at=row.submitted_at,
+        id=row.id,
+    )
+
+
+def _batch_values(batch: Batch) -> dict[str, Any]:
+    return {
+        "user_id": batch.user_id,
+        "channel": batch.channel,
+        "source": batch.source,
+        "created_at": _utc(batch.created_at),
+        "submitted_at": _utc_or_none(batch.submitted_at),
+    }
+
+
+class SqlAlchemyBatchRepository(_Records[Batch, BatchRow]):
+    row_type, what = BatchRow, "batch"
+
+    def _record(self, row: BatchRow) -> Batch:
+        return _batch(row)
+
+    def _values(self, record: Batch) -> dict[str, Any]:
+        return _batch_values(record)
+
+    async def add(self, batch: Batch) -> Batch:
+        """Insert a batch; returns it with its id."""
+        return await self._insert(batch)
+
+    async def update(self, batch: Batch) -> None:
+        """Store submitted_at."""
+        await self._store(batch.id, _batch_values(batch))
+
+
+# --------------------------------------------------------------------------------------------
+# Broadcasts (core/broadcast.py). Core statements only (no identity map): the worker and the
+# admin commands change the same rows from different units of work and processes.
+
+from sqlalchemy import (  # noqa: E402 - this block is self-contained
+    ScalarResult,
+    and_,
+    delete,
+    exists,
+    literal,
+    or_,
+)
+from sqlalchemy import insert as sql_insert  # noqa: E402
+
+from core.broadcast import (  # noqa: E402
+    CHANNELS as BROADCAST_CHANNELS,
+)
+from core.broadcast import (  # noqa: E402
+    Audience,
+    AudienceKind,
+    Broadcast,
+    BroadcastState,
+    Delivery,
+    DeliveryReport,
+    DeliveryState,
+    Outcome,
+)
+from storage.tables import (  # noqa: E402
+    BroadcastDeliveryRow,
+    BroadcastOptOutRow,
+    BroadcastRow,
+    RateAlertSubscriptionRow,
+)
+
+BROADCASTS: Table = metadata.tables[BroadcastRow.__tablename__]
+DELIVERIES: Table = metadata.tables[BroadcastDeliveryRow.__tablename__]
+SUBSCRIPTIONS: Table = metadata.tables[RateAlertSubscriptionRow.__tablename__]
+OPT_OUTS: Table = metadata.tables[BroadcastOptOutRow.__tablename__]
+IDENTITIES: Table = metadata.tables[ChannelIdentityRow.__tablename__]
+USERS: Table = metadata.tables[UserRow.__tablename__]
+CARDS: Table = metadata.tables[CardRow.__tablename__]
+
+
+def _broadcast(row: Any) -> Broadcast:
+    return Broadcast(
+        created_by=row.created_by,
+        created_at=row.created_at,
+        audience=Audience.from_code(row.audience),
+        text=row.text,
+        state=BroadcastState(row.state),
+        send_at=row.send_at,
+        image=row.image,
+        recipients=row.recipients,
+        confirmed_at=row.confirmed_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        cancelled_at=row.cancelled_at,
+        cancelled_by=row.cancelled_by,
+        id=row.id,
+    )
+
+
+def _delivery(row: Any) -> Delivery:
+    return Delivery(
+        broadcast_id=row.broadcast_id,
+        user_id=row.user_id,
+        channel=row.channel,
+        chat_id=row.chat_id,
+        state=DeliveryState(row.state),
+        language=row.language,
+        attempts=row.attempts,
+        error=row.error,
+        id=row.id,
+    )
+
+
+def _audience_rows(audience: Audience) -> Any:
+    """(user_id, channel, chat_id, language) of every recipient: per user, the reachable
+    Telegram/WeChat identity added last; nobody who opted out."""
+    ident = IDENTITIES.alias("ident")
+    newest = (
+        select(func.max(IDENTITIES.c.id).label("id"))
+        .where(IDENTITIES.c.reachable.is_(True), IDENTITIES.c.channel.in_(BROADCAST_CHANNELS))
+        .group_by(IDENTITIES.c.user_id)
+        .subquery("newest")
+    )
+    query = (
+        select(ident.c.user_id, ident.c.channel, ident.c.chat_id, USERS.c.language)
+        .join(newest, newest.c.id == ident.c.id)
+        .join(USERS, USERS.c.id == ident.c.user_id)
+        .where(~exists().where(OPT_OUTS.c.user_id == ident.c.user_id))
+    )
+    if audience.kind is AudienceKind.HOLDERS:
+        query = query.where(
+            exists().where(CARDS.c.user_id == ident.c.user_id, CARDS.c.brand == audience.brand)
+        )
+    elif audience.kind is AudienceKind.ALERTS:
+        query = query.where(
+            exists().where(
+                SUBSCRIPTIONS.c.user_id == ident.c.user_id,
+                SUBSCRIPTIONS.c.brand == audience.brand,
+            )
+        )
+    return query
+
+
+class SqlAlchemyBroadcastRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def add(self, broadcast: Broadcast) -> Broadcast:
+        result = await self._session.execute(
+            sql_insert(BROADCASTS)
+            .values(
+                created_by=broadcast.created_by,
+                created_at=_utc(broadcast.created_at),
+                audience=broadcast.audience.code,
+                text=broadcast.text,
+                image=broadcast.image,
+                state=broadcast.state.value,
+                send_at=_utc_or_none(broadcast.send_at),
+                recipients=broadcast.recipients,
+            )
+            .returning(BROADCASTS.c.id)
+        )
+        return replace(broadcast, id=result.scalar_one())
+
+    async def get(self, broadcast_id: int) -> Broadcast:
+        row = (
+            await self._session.execute(select(BROADCASTS).where(BROADCASTS.c.id == broadcast_id))
+        ).one_or_none()
+        if row is None:
+            raise KeyError(f"broadcast {broadcast_id} not found")
+        return _broadcast(row)
+
+    async def drafts_of(self, actor: str) -> Sequence[Broadcast]:
+        rows = await self._session.execute(
+            select(BROADCASTS)
+            .where(BROADCASTS.c.created_by == actor, BROADCASTS.c.state == BroadcastState.DRAFT)
+            .order_by(BROADCASTS.c.id)
+        )
+        return [_broadcast(row) for row in rows]
+
+    async def _set(self, broadcast_id: int, **values: Any) -> None:
+        await self._session.execute(
+            update(BROADCASTS).where(BROADCASTS.c.id == broadcast_id).values(**values)
+        )
+
+    async def set_image(self, broadcast_id: int, image: bytes) -> None:
+        await self._set(broadcast_id, image=image)
+
+    async def set_state(
+        self, broadcast_id: int, state: BroadcastState, at: datetime, actor: str | None = None
+    ) -> None:
+        values: dict[str, Any] = {"state": state.value}
+        if state is BroadcastState.CANCELLED:
+            values.update(cancelled_at=_utc(at), cancelled_by=actor)
+        elif state is BroadcastState.FINISHED:
+            values.update(finished_at=_utc(at))
+        elif state is BroadcastState.SENDING:
+            values.update(started_at=_utc(at))
+        await self._set(broadcast_id, **values)
+
+    async def confirm(
+        self, broadcast_id: int, recipients: int, send_at: datetime, at: datetime
+    ) -> None:
+        await self._set(
+            broadcast_id,
+            state=BroadcastState.SCHEDULED.value,
+            recipients=recipients,
+            send_at=_utc(send_at),
+            confirmed_at=_utc(at),
+        )
+
+    async def count_audience(self, audience: Audience) -> int:
+        recipients = _audience_rows(audience).subquery()
+        return int(await self._session.scalar(select(func.count()).select_from(recipients)) or 0)
+
+    async def materialise(self, broadcast_id: int, audience: Audience, at: datetime) -> int:
+        rows = _audience_rows(audience).subquery()
+        source = select(
+            literal(broadcast_id, DELIVERIES.c.broadcast_id.type),
+            rows.c.user_id,
+            rows.c.channel,
+            rows.c.chat_id,
+            rows.c.language,
+            literal(DeliveryState.PENDING.value, DELIVERIES.c.state.type),
+            literal(0, DELIVERIES.c.attempts.type),
+            literal(_utc(at), DELIVERIES.c.updated_at.type),
+        )
+        columns = ["broadcast_id", "user_id", "channel", "chat_id", "language", "state"]
+        result = await self._session.execute(
+            sql_insert(DELIVERIES).from_select([*columns, "attempts", "updated_at"], source)
+        )
+        assert isinstance(result, CursorResult)
+        return int(result.rowcount)
+
+    async def skip_pending(self, broadcast_id: int, reason: str, at: datetime) -> int:
+        result = await self._session.execute(
+            update(DELIVERIES)
+            .where(
+                DELIVERIES.c.broadcast_id == broadcast_id,
+                DELIVERIES.c.state == DeliveryState.PENDING.value,
+            )
+            .values(state=DeliveryState.SKIPPED.value, error=reason[:128], updated_at=_utc(at))
+        )
+        assert isinstance(result, CursorResult)
+        return int(result.rowcount)
+
+    async def report(self, broadcast_id: int) -> DeliveryReport:
+        rows = await self._session.execute(
+            select(DELIVERIES.c.state, func.count())
+            .where(DELIVERIES.c.broadcast_id == broadcast_id)
+            .group_by(DELIVERIES.c.state)
+        )
+        return DeliveryReport.of((str(row[0]), int(row[1])) for row in rows)
+
+    async def recent(self, limit: int) -> Sequence[Broadcast]:
+        rows = await self._session.execute(
+            select(BROADCASTS)
+            .where(BROADCASTS.c.state != BroadcastState.DRAFT.value)
+            .order_by(BROADCASTS.c.id.desc())
+            .limit(limit)
+        )
+        return [_broadcast(row) for row in rows]
+
+    async def deliveries(self, broadcast_id: int) -> Sequence[Delivery]:
+        rows = await self._session.execute(
+            select(DELIVERIES)
+            .where(DELIVERIES.c.broadcast_id == broadcast_id)
+            .order_by(DELIVERIES.c.id)
+        )
+        return [_delivery(row) for row in rows]
+
+    async def claim(
+        self, channel: str, worker: str, now: datetime, limit: int
+    ) -> Sequence[Delivery]:
+        now = _utc(now)
+        due = (
+            await self._session.execute(
+                select(BROADCASTS.c.id, BROADCASTS.c.state)
+                .where(
+                    BROADCASTS.c.state.in_(
+                        [BroadcastState.SCHEDULED.value, BroadcastState.SENDING.value]
+                    ),
+                    or_(BROADCASTS.c.send_at.is_(None), BROADCASTS.c.send_at <= now),
+                )
+                .order_by(BROADCASTS.c.id)
+            )
+        ).all()
+        claimed: list[Delivery] = []
+        for broadcast_id, state in due:
+            if state == BroadcastState.SCHEDULED.value:
+                await self._session.execute(
+                    update(BROADCASTS)
+                    .where(
+                        BROADCASTS.c.id == broadcast_id,
+                        BROADCASTS.c.state == BroadcastState.SCHEDULED.value,
+                    )
+                    .values(state=BroadcastState.SENDING.value, started_at=now)
+                )
+            if len(claimed) >= limit:
+                continue
+            oldest = (
+                select(DELIVERIES.c.id)
+                .where(
+                    DELIVERIES.c.channel == channel,
+                    DELIVERIES.c.state == DeliveryState.PENDING.value,
+                    DELIVERIES.c.broadcast_id == broadcast_id,
+                )
+                .order_by(DELIVERIES.c.id)
+                .limit(limit - len(claimed))
+            )
+            result = await self._session.execute(
+                update(DELIVERIES)
+                .where(
+                    DELIVERIES.c.id.in_(oldest.scalar_subquery()),
+                    DELIVERIES.c.state == DeliveryState.PENDING.value,
+                )
+                .values(
+                    state=DeliveryState.SENDING.value,
+                    claimed_by=worker,
+                    claimed_at=now,
+                    updated_at=now,
+                    attempts=DELIVERIES.c.attempts + 1,
+                )
+                .returning(*DELIVERIES.c)
+            )
+            claimed += sorted(map(_delivery, result), key=lambda d: d.id or 0)
+        return claimed
+
+    async def record(
+        self, worker: str, outcomes: Sequence[tuple[int, Outcome]], at: datetime
+    ) -> int:
+        at = _utc(at)
+        groups: dict[Outcome, list[int]] = {}
+        for delivery_id, outcome in outcomes:
+            groups.setdefault(outcome, []).append(delivery_id)
+        changed = 0
+        for outcome, ids in groups.items():
+            values: dict[str, Any] = {
+                "state": outcome.state.value,
+                "error": (outcome.error or None) and outcome.error[:128],
+                "updated_at": at,
+            }
+            if outcome.state is DeliveryState.PENDING:
+                values["claimed_by"] = None
+            result = await self._session.execute(
+                update(DELIVERIES)
+                .where(
+                    DELIVERIES.c.id.in_(ids),
+                    DELIVERIES.c.claimed_by == worker,
+                    DELIVERIES.c.state.in_(
+                        [DeliveryState.SENDING.value, DeliveryState.UNKNOWN.value]
+                    ),
+                )
+                .values(**values)
+            )
+            assert isinstance(result, CursorResult)
+            changed += int(result.rowcount)
+            if outcome.state is DeliveryState.UNREACHABLE:
+                # The person blocked the bot or left: their identity is marked, and the next
+                # message from them marks it reachable again.
+                await self._session.execute(
+                    update(IDENTITIES)
+                    .where(
+                        exists().where(
+                            DELIVERIES.c.id.in_(ids),
+                            DELIVERIES.c.user_id == IDENTITIES.c.user_id,
+                            DELIVERIES.c.channel == IDENTITIES.c.channel,
+                            DELIVERIES.c.chat_id == IDENTITIES.c.chat_id,
+                        )
+                    )
+                    .values(reachable=False)
+                )
+        return changed
+
+    async def expire_claims(self, channel: str, worker: str, before: datetime) -> int:
+        result = await self._session.execute(
+            update(DELIVERIES)
+            .where(
+                DELIVERIES.c.channel == channel,
+                DELIVERIES.c.state == DeliveryState.SENDING.value,
+                or_(DELIVERIES.c.claimed_by.is_(None), DELIVERIES.c.claimed_by != worker),
+                DELIVERIES.c.claimed_at < _utc(before),
+            )
+            .values(
+                state=DeliveryState.UNKNOWN.value,
+                error="left sending by a worker that stopped",
+            )
+        )
+        assert isinstance(result, CursorResult)
+        return int(result.rowcount)
+
+    async def finish_done(self, at: datetime) -> Sequence[int]:
+        open_states = [s.value for s in (DeliveryState.PENDING, DeliveryState.SENDING)]
+        done: ScalarResult[int] = await self._session.scalars(
+            select(BROADCASTS.c.id).where(
+                BROADCASTS.c.state == BroadcastState.SENDING.value,
+                ~exists().where(
+                    DELIVERIES.c.broadcast_id == BROADCASTS.c.id,
+                    DELIVERIES.c.state.in_(open_states),
+                ),
+            )
+        )
+        ids = list(done)
+        if ids:
+            await self._session.execute(
+                update(BROADCASTS)
+                .where(
+                    BROADCASTS.c.id.in_(ids),
+                    BROADCASTS.c.state == BroadcastState.SENDING.value,
+                )
+                .values(state=BroadcastState.FINISHED.value, finished_at=_utc(at))
+            )
+        return ids
+
+
+class SqlAlchemySubscriptionRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def add(self, user_id: int, brand: str, at: datetime) -> bool:
+        stmt = _insert_or_ignore(
+            self._session,
+            SUBSCRIPTIONS,
+            {"user_id": user_id, "brand": brand, "created_at": _utc(at)},
+            ["user_id", "brand"],
+        )
+        result = await self._session.execute(stmt)
+        assert isinstance(result, CursorResult)
+        return result.rowcount == 1
+
+    async def remove(self, user_id: int, brand: str) -> int:
+        result = await self._session.execute(
+            delete(SUBSCRIPTIONS).where(
+                and_(SUBSCRIPTIONS.c.user_id == user_id, SUBSCRIPTIONS.c.brand == brand)
+            )
+        )
+        assert isinstance(result, CursorResult)
+        return int(result.rowcount)
+
+    async def remove_all(self, user_id: int) -> int:
+        result = await self._session.execute(
+            delete(SUBSCRIPTIONS).where(SUBSCRIPTIONS.c.user_id == user_id)
+        )
+        assert isinstance(result, CursorResult)
+        return int(result.rowcount)
+
+    async def brands_of(self, user_id: int) -> Sequence[str]:
+        result: ScalarResult[str] = await self._session.scalars(
+            select(SUBSCRIPTIONS.c.brand)
+            .where(SUBSCRIPTIONS.c.user_id == user_id)
+            .order_by(SUBSCRIPTIONS.c.brand)
+        )
+        return list(result)
+
+    async def opt_out(self, user_id: int, at: datetime) -> None:
+        await self._session.execute(
+            _insert_or_ignore(
+                self._session,
+                OPT_OUTS,
+                {"user_id": user_id, "opted_out_at": _utc(at)},
+                ["user_id"],
+            )
+        )
+
+    async def opt_in(self, user_id: int) -> bool:
+        result = await self._session.execute(delete(OPT_OUTS).where(OPT_OUTS.c.user_id == user_id))
+        assert isinstance(result, CursorResult)
+        return result.rowcount == 1
+
+    async def opted_out(self, user_id: int) -> bool:
+        found = await self._session.scalar(
+            select(OPT_OUTS.c.user_id).where(OPT_OUTS.c.user_id == user_id)
+        )
+        return found is not None

@@ -198,6 +198,7 @@ class OrderRow(Base):
     reviewed_by: Mapped[str | None] = mapped_column(String(64))
     review_note: Mapped[str | None] = mapped_column(String(500))
     review_announced_at: Mapped[datetime | None]
+    batch_id: Mapped[int | None] = mapped_column(ForeignKey("batches.id"), index=True)
 
 
 class PayoutAccountRow(Base):
@@ -391,3 +392,177 @@ class WeChatAccessTokenRow(Base):
     token_enc: Mapped[bytes]
     expires_at: Mapped[datetime]
     fetched_at: Mapped[datetime]
+
+
+# --------------------------------------------------------------------------------------------
+# Batch sale: many cards sold together, each its own order (orders.batch_id).
+
+
+class BatchRow(Base):
+    """A batch sale: one quote, one confirmation and one receipt over many orders."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime]
+    submitted_at: Mapped[datetime | None]
+
+
+# --------------------------------------------------------------------------------------------
+# The desk (handlers/desk.py): support tickets, what staff and users said in them, notices
+# waiting for delivery to any channel, and roles granted in chat.
+
+
+class TicketRow(Base):
+    """A user's request for a person. ``detail`` and ``evidence`` hold masked values only."""
+
+    __tablename__ = "tickets"
+    __table_args__ = (
+        Index("ix_tickets_status_priority_opened", "status", "priority", "opened_at"),
+    )
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    user_key: Mapped[str] = mapped_column(String(128))
+    order_id: Mapped[int | None] = mapped_column(ForeignKey("orders.id"), index=True)
+    reason: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str] = mapped_column(String(500))
+    priority: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    assignee: Mapped[str | None] = mapped_column(String(160), index=True)
+    opened_at: Mapped[datetime]
+    taken_at: Mapped[datetime | None]
+    first_response_at: Mapped[datetime | None]
+    resolved_at: Mapped[datetime | None]
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    resolution_note: Mapped[str | None] = mapped_column(String(500))
+    evidence: Mapped[dict[str, Any]]
+    alerts: Mapped[dict[str, Any]]
+
+
+class TicketMessageRow(Base):
+    """What was said in a ticket: the user's words (redacted), staff replies and private notes."""
+
+    __tablename__ = "ticket_messages"
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
+    at: Mapped[datetime]
+    author: Mapped[str] = mapped_column(String(160))
+    text: Mapped[str] = mapped_column(Text)
+    private: Mapped[bool]
+
+
+class NoticeRow(Base):
+    """A message to someone other than the sender of the message being handled (a relay, a
+    staff alert), written in the same transaction as its cause and delivered by the runtime."""
+
+    __tablename__ = "notices"
+    __table_args__ = (Index("ix_notices_sent_at_not_before", "sent_at", "not_before"),)
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    user_key: Mapped[str] = mapped_column(String(128))
+    text: Mapped[str] = mapped_column(Text)
+    options: Mapped[list[Any]]
+    created_at: Mapped[datetime]
+    not_before: Mapped[datetime]
+    attempts: Mapped[int] = mapped_column(Integer)
+    sent_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(String(128))
+
+
+class RoleGrantRow(Base):
+    """A staff or admin role granted in chat by an admin (``actor``: ``<channel>:<user id>``)."""
+
+    __tablename__ = "role_grants"
+
+    actor: Mapped[str] = mapped_column(String(160), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))
+    granted_by: Mapped[str] = mapped_column(String(160))
+    granted_at: Mapped[datetime]
+
+
+# --------------------------------------------------------------------------------------------
+# Broadcasts (core/broadcast.py): an admin's message, one delivery row per recipient (the
+# durable outbox the broadcast worker sends from), and who wants to hear what.
+
+
+class BroadcastRow(Base):
+    """A broadcast: ``audience`` is ``all``, ``holders:<brand>`` or ``alerts:<brand>``;
+    ``state`` draft → scheduled → sending → finished, or cancelled."""
+
+    __tablename__ = "broadcasts"
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    created_by: Mapped[str] = mapped_column(String(128), index=True)
+    created_at: Mapped[datetime]
+    audience: Mapped[str] = mapped_column(String(64))
+    text: Mapped[str] = mapped_column(Text)
+    image: Mapped[bytes | None]
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    send_at: Mapped[datetime | None]
+    recipients: Mapped[int]
+    confirmed_at: Mapped[datetime | None]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    cancelled_at: Mapped[datetime | None]
+    cancelled_by: Mapped[str | None] = mapped_column(String(128))
+
+
+class BroadcastDeliveryRow(Base):
+    """One recipient's copy of a broadcast: the channel and chat as they were at confirmation.
+    ``state`` pending → sending (committed before the request) → sent / failed / unreachable /
+    skipped, or unknown when left sending by a crash. ``claimed_by`` names the worker."""
+
+    __tablename__ = "broadcast_deliveries"
+    __table_args__ = (
+        UniqueConstraint("broadcast_id", "user_id"),
+        # The worker's question: the due pending rows of a channel, broadcast by broadcast.
+        Index(
+            "ix_broadcast_deliveries_channel_state_broadcast_id_id",
+            "channel",
+            "state",
+            "broadcast_id",
+            "id",
+        ),
+        Index("ix_broadcast_deliveries_broadcast_id_state", "broadcast_id", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    broadcast_id: Mapped[int] = mapped_column(ForeignKey("broadcasts.id"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    channel: Mapped[str] = mapped_column(String(16))
+    chat_id: Mapped[str] = mapped_column(String(128))
+    language: Mapped[str] = mapped_column(String(8))
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer)
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    claimed_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime]
+    error: Mapped[str | None] = mapped_column(String(128))
+
+
+class RateAlertSubscriptionRow(Base):
+    """A user follows a brand's rate changes (``/subscribe BRAND``)."""
+
+    __tablename__ = "rate_alert_subscriptions"
+    __table_args__ = (UniqueConstraint("user_id", "brand"),)
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    brand: Mapped[str] = mapped_column(String(32), index=True)
+    created_at: Mapped[datetime]
+
+
+class BroadcastOptOutRow(Base):
+    """A user who wants no broadcasts at all (``/unsubscribe`` without a brand)."""
+
+    __tablename__ = "broadcast_opt_outs"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    opted_out_at: Mapped[datetime]

@@ -9,24 +9,35 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.ports import (
     AuditRepository,
+    BatchRepository,
     CardRepository,
     ConsentRepository,
     ConversationRepository,
     InboxRepository,
     LedgerRepository,
+    NoticeRepository,
     OrderRepository,
     PayoutAccountRepository,
     PayoutRepository,
     QuoteRepository,
     RateTableRepository,
     RiskListRepository,
+    RoleGrantRepository,
+    TicketRepository,
     UserRepository,
     WeChatContactRepository,
     WeChatOutboxRepository,
     WeChatTokenRepository,
 )
+from storage.desk import (
+    SqlAlchemyNoticeRepository,
+    SqlAlchemyRoleGrantRepository,
+    SqlAlchemyTicketRepository,
+)
 from storage.repositories import (
     SqlAlchemyAuditRepository,
+    SqlAlchemyBatchRepository,
+    SqlAlchemyBroadcastRepository,
     SqlAlchemyCardRepository,
     SqlAlchemyConsentRepository,
     SqlAlchemyConversationRepository,
@@ -38,6 +49,7 @@ from storage.repositories import (
     SqlAlchemyQuoteRepository,
     SqlAlchemyRateTableRepository,
     SqlAlchemyRiskListRepository,
+    SqlAlchemySubscriptionRepository,
     SqlAlchemyUserRepository,
     SqlAlchemyWeChatContactRepository,
     SqlAlchemyWeChatOutboxRepository,
@@ -62,9 +74,15 @@ class SqlAlchemyUnitOfWork:
     audit: AuditRepository
     risk_list: RiskListRepository
     rates: RateTableRepository
+    tickets: TicketRepository
+    notices: NoticeRepository
+    role_grants: RoleGrantRepository
     wechat_outbox: WeChatOutboxRepository
     wechat_contacts: WeChatContactRepository
     wechat_tokens: WeChatTokenRepository
+    broadcasts: SqlAlchemyBroadcastRepository
+    subscriptions: SqlAlchemySubscriptionRepository
+    batches: BatchRepository
 
     def __init__(self, session_factory: async_sessionmaker[AsyncSession]) -> None:
         self._session_factory = session_factory
@@ -87,9 +105,15 @@ class SqlAlchemyUnitOfWork:
         self.audit = SqlAlchemyAuditRepository(session)
         self.risk_list = SqlAlchemyRiskListRepository(session)
         self.rates = SqlAlchemyRateTableRepository(session)
+        self.tickets = SqlAlchemyTicketRepository(session)
+        self.notices = SqlAlchemyNoticeRepository(session)
+        self.role_grants = SqlAlchemyRoleGrantRepository(session)
         self.wechat_outbox = SqlAlchemyWeChatOutboxRepository(session)
         self.wechat_contacts = SqlAlchemyWeChatContactRepository(session)
         self.wechat_tokens = SqlAlchemyWeChatTokenRepository(session)
+        self.broadcasts = SqlAlchemyBroadcastRepository(session)
+        self.subscriptions = SqlAlchemySubscriptionRepository(session)
+        self.batches = SqlAlchemyBatchRepository(session)
         return self
 
     async def __aexit__(

@@ -19,7 +19,7 @@ import itertools
 import json
 import random
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,6 +82,12 @@ class FakeTelegram:
     stall: Callable[[Call], bool] | None = None
     fail_next: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
     base_url: str = ""
+    # Optional: enforce Telegram's overall limit — at most ``rate_limit`` sends in any second;
+    # one more is answered 429 and opens a flood window (retry_after whole seconds) in which
+    # every send is refused. ``time_scale`` runs the server's seconds N times faster (the bot
+    # is told the same, CARDBOT_TIME_SCALE), so a benchmark keeps the ratio and saves time.
+    rate_limit: int | None = None
+    time_scale: float = 1.0
 
     def __post_init__(self) -> None:
         self._update_ids = itertools.count(random.randint(10**6, 10**9))
@@ -94,6 +100,8 @@ class FakeTelegram:
         self._flood_until = 0.0
         self._runner: web.AppRunner | None = None
         self._stalled = asyncio.Event()
+        self._counted: deque[float] = deque()  # arrival times of sends in the last second
+        self.rate_limited = 0  # sends refused because the rate limit was exceeded
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -352,12 +360,21 @@ class FakeTelegram:
 
     def _refuse_send(self, call: Call) -> web.Response | None:
         now = call.at
+        second = 1.0 / self.time_scale
         if self._flood_next is not None:
-            self._flood_until = now + self._flood_next
+            self._flood_until = now + self._flood_next * second
             self._flood_next = None
+        if self.rate_limit is not None and now >= self._flood_until:
+            while self._counted and self._counted[0] <= now - second:
+                self._counted.popleft()
+            if len(self._counted) >= self.rate_limit:
+                self.rate_limited += 1
+                self._flood_until = now + second  # as Telegram does: a pause, not one refusal
+            else:
+                self._counted.append(now)
         if now < self._flood_until:
             call.status = 429
-            retry = max(1, int(self._flood_until - now + 0.999))
+            retry = max(1, int((self._flood_until - now) / second + 0.999))
             return _error(429, f"Too Many Requests: retry after {retry}", retry_after=retry)
         if call.chat in self.blocked:
             call.status = 403

@@ -21,7 +21,7 @@ answer came back — the latest moment Telegram can have received it — not by 
 :meth:`FlowControl.slot` holds a global slot while the request is in flight and records its
 completion time in the one-second window, and re-dates the chat's token to the completion.
 Whatever the delays, no second then sees more than ``global_per_second`` sends, nor a chat more
-than its burst plus one a second. ``margin`` (5 %) adds a little slack on top. Time is read
+than its burst plus one a second. ``margin`` (1 %) adds a little slack on top. Time is read
 through ``clock``/``sleep`` so tests drive it.
 """
 
@@ -61,7 +61,7 @@ class FlowControl:
         per_chat_per_second: float = 1.0,
         chat_burst: int = 3,
         global_per_second: int = 30,
-        margin: float = 0.05,
+        margin: float = 0.01,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:

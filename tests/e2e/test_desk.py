@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -409,3 +410,145 @@ async def test_a_notice_that_cannot_be_delivered_is_retried_with_pauses_then_giv
     h.clock.advance(days=1)
     assert await deliver_notices(services, desk.inboxes, CHANNELS) == 0  # given up
     assert desk.inboxes.texts(STAFF) == ""
+
+
+async def test_while_the_bot_waits_for_a_secret_what_the_user_types_never_reaches_staff(
+    desk: Desk,
+) -> None:
+    h = desk.h
+    await h.say("/start")
+    await h.choose("menu.sell")
+    await h.say(WALMART[0])
+    assert await h.step() == "await_secret"
+    await open_ticket(desk)
+    await desk.say(STAFF, "/take 1")
+    replies = await h.say(f"密码是 {WALMART[1]} 对吗")
+    assert replies and replies[0].delete_inbound  # the chat drops it
+    relayed = desk.inboxes.texts(STAFF)
+    assert WALMART[1] not in relayed and "密码是" not in relayed
+    assert "内容不予转发" in relayed
+    assert h.app is not None
+    async with h.app.uow_factory() as uow:
+        assert all(WALMART[1] not in m.text for m in await uow.tickets.messages(1))
+
+
+async def test_a_refund_of_an_old_order_leaves_the_sale_the_user_is_in_alone(
+    desk: Desk, tmp_path: Path
+) -> None:
+    h = desk.h
+    await alice_at_quote(desk, tmp_path)
+    [old] = await h.orders()
+    await h.say("/cancel")
+    await h.choose("menu.sell")
+    await h.say("2801527364099")  # another card, quoted
+    assert await h.step() == "await_quote"
+    await h.say(f"人工 {old.number} 这个订单")
+    await h.choose("desk.reason")
+    [ticket] = await desk.tickets()
+    assert ticket.order_id == old.id
+    await desk.say(STAFF, "/take 1")
+    refused = await desk.say(STAFF, "/resolve 1 requote 重新报价")
+    assert "正在机器人里办理别的事" in refused
+    await desk.say(STAFF, "/resolve 1 answered 旧订单已取消，无需处理")
+    assert await h.step() == "await_quote"  # still at the new card's quote
+    statuses = sorted(o.status.value for o in await h.orders())
+    assert statuses == ["cancelled", "quoted"]
+
+
+async def test_an_admin_takes_over_a_ticket_whose_holder_is_away(desk: Desk) -> None:
+    h = desk.h
+    await h.say("/start")
+    await open_ticket(desk)
+    await desk.say(STAFF, "/take 1")
+    refused = await desk.say(STAFF_2, "/take 1")
+    assert "已由 telegram:900 处理" in refused
+    card = await desk.say(ADMIN, "/take 1")
+    assert "T1" in card
+    assert "接手了您的 T1" in desk.inboxes.texts(STAFF)
+    await h.say("有人吗")
+    assert "有人吗" in desk.inboxes.texts(ADMIN)
+    assert "已解决" in await desk.say(ADMIN, "/resolve 1 answered 好的")
+
+
+async def test_staff_removed_from_the_settings_lose_their_tickets_to_the_queue(
+    desk: Desk,
+) -> None:
+    h = desk.h
+    assert h.app is not None
+    await h.say("/start")
+    await open_ticket(desk)
+    await desk.say(ADMIN, "/grant @telegram:555 staff")
+    await desk.say("telegram:555", "/take 1")
+    async with h.app.uow_factory() as uow:
+        await uow.role_grants.revoke("telegram:555")  # as if the role went away elsewhere
+        await uow.commit()
+    await check_sla(h.app.services)
+    await desk.deliver()
+    [ticket] = await desk.tickets()
+    assert ticket.status.value == "open" and ticket.assignee is None
+    assert "已无法继续" in desk.inboxes.texts(ALICE)
+
+
+async def test_a_staff_group_told_of_tickets_never_becomes_a_user(
+    tmp_path: Path, database_url: str
+) -> None:
+    h = Harness(
+        tmp_path,
+        database_url,
+        channel="wechat",
+        overrides={"staff": STAFF, "staff_chats": "telegram:-100500"},
+    )
+    await h.start()
+    try:
+        d = Desk(h)
+        await h.say("/start")
+        await open_ticket(d)
+        assert "新工单 T1" in d.inboxes.texts("telegram:-100500")
+        assert h.app is not None
+        async with h.app.uow_factory() as uow:
+            assert await uow.users.language_of("telegram", "-100500") is None
+            assert await uow.users.language_of("telegram", "900") is None
+    finally:
+        await h.close()
+
+
+async def test_holding_two_tickets_staff_are_told_which_one_they_answer(
+    desk: Desk, tmp_path: Path
+) -> None:
+    h = desk.h
+    await h.say("/start")
+    await open_ticket(desk)
+    bob = desk.person("wechat:bob")
+    await bob.send("/start")
+    await bob.send("人工 付款没到")
+    await bob.send("2")
+    await desk.deliver()
+    await desk.say(STAFF, "/take 1")
+    await desk.say(STAFF, "/take 2")
+    assert "→ T2" in await desk.say(STAFF, "马上查")
+    assert "马上查" in desk.inboxes.texts("wechat:bob")
+    assert "马上查" not in desk.inboxes.texts(ALICE)
+    h.clock.advance(seconds=5)
+    await desk.say(STAFF, "/take 1")
+    assert "→ T1" in await desk.say(STAFF, "您好")
+    assert "您好" in desk.inboxes.texts(ALICE)
+
+
+async def test_a_rate_change_now_is_carried_into_a_table_already_scheduled_for_later(
+    desk: Desk,
+) -> None:
+    h = desk.h
+    assert h.app is not None
+    await desk.say(ADMIN, "/rate walmart >100 96% from 23:59")
+    told = await desk.say(ADMIN, "/rate walmart 50 80%")
+    assert "排期费率表" in told
+    from core.sale import pricing_in_force
+
+    async with h.app.uow_factory() as uow:
+        now = await pricing_in_force(uow, h.app.services.sale.pricing, h.clock.now())
+        later = await pricing_in_force(
+            uow, h.app.services.sale.pricing, h.clock.now() + timedelta(days=1)
+        )
+    assert now.rates["walmart"][0].rate_bp == 8_000
+    assert later.rates["walmart"][0].rate_bp == 8_000  # not undone at 23:59
+    assert later.rates["walmart"][2].rate_bp == 9_600

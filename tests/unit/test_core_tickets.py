@@ -179,3 +179,17 @@ def test_a_band_rate_changes_one_band_of_one_brand_as_a_new_version() -> None:
 def test_a_band_that_does_not_exist_or_an_absurd_rate_is_refused(band: str, rate_bp: int) -> None:
     with pytest.raises(RateTableError):
         with_band_rate(default_pricing(), "walmart", band, rate_bp, "v", T0)
+
+
+@pytest.mark.parametrize(
+    "secret", ["A3K9-7Q2M-X5T8-W4P6", "a3k9 7q2m x5t8 w4p6", "E5R8T2Y6U9P3K7M4", "b7n2-c4v6-z8l1"]
+)
+def test_a_secret_typed_in_groups_is_hidden_from_staff(secret: str) -> None:
+    said = redact_for_staff(f"人工 卡密 {secret} 输不进去")
+    assert secret not in said and "输不进去" in said
+    assert not any(group in said for group in secret.replace("-", " ").split())
+
+
+def test_ordinary_words_and_small_numbers_stay_readable_for_staff() -> None:
+    for text in ("I sold 2 cards at 10 am", "余额 500 元，2 张", "order CB00000012 please"):
+        assert redact_for_staff(text) == text
