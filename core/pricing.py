@@ -542,7 +542,7 @@ def with_band_rate(
     time. ``band`` names the band by its upper bound in yuan (``50``, ``≤50``, ``51-100``) or
     the open-ended top band (``>100``, ``top``); RateTableError when it names none."""
     if not MIN_RATE_BP <= rate_bp <= 10_000:
-        raise RateTableError(f"rate {rate_bp / 100:.2f}% is outside 10%–100%")
+        raise RateTableError(f"rate {rate_bp // 100}.{rate_bp % 100:02d}% is outside 10%–100%")
     bands = policy.rates.get(brand)
     if bands is None:
         raise RateTableError(f"no rates for {brand}")
@@ -551,7 +551,8 @@ def with_band_rate(
     if _BAND_TOP.match(text):
         index = len(bands) - 1 if bands[-1].max_face_fen is None else None
     elif (match := _BAND_UPTO.match(text)) is not None:
-        up_to_fen = round(float(match.group(1)) * 100)
+        whole, _, cents = match.group(1).partition(".")
+        up_to_fen = int(whole) * 100 + int((cents + "00")[:2])
         index = next((i for i, b in enumerate(bands) if b.max_face_fen == up_to_fen), None)
     if index is None:
         raise RateTableError(f"{brand} has no band {band!r}")

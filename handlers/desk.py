@@ -33,7 +33,7 @@ from core.errors import ExternalError, PreconditionFailed, UserError
 from core.masking import redact_for_staff
 from core.messages import Inbound, InputKind, Option, Reply
 from core.model import ConversationState, Order, OrderStatus, RateTable, Role, User
-from core.money import yuan
+from core.money import percent, yuan
 from core.ports import Notifier, UnitOfWork
 from core.pricing import RateTableError, pricing_from_dict, pricing_to_dict, with_band_rate
 from core.tickets import (
@@ -843,7 +843,7 @@ async def ticket_card(d: DeskCtx, ticket: Ticket) -> str:
         rows.append(
             t(
                 "desk.card_quote",
-                rate=f"{quote['rate_bp'] / 100:.2f}",
+                rate=percent(int(quote["rate_bp"])),
                 payout=yuan(int(quote["payout_fen"])),
                 fee=yuan(int(quote["fee_fen"])),
                 version=quote["rates_version"],
@@ -1025,7 +1025,8 @@ async def cmd_rate(d: DeskCtx) -> list[Reply]:
     match = _RATE.match(rate_text)
     if match is None:
         return [Reply(d.t("desk.rate_usage"))]
-    rate_bp = round(float(match.group(1)) * 100)
+    whole, _, cents = match.group(1).partition(".")
+    rate_bp = int(whole) * 100 + int((cents + "00")[:2])
     starts = parse_send_time(when_text, d.now) if when_text else d.now
     base = await sale.pricing_in_force(d.uow, deps.pricing, starts)
     version = f"chat-{starts:%Y%m%d%H%M%S}-{brand.code}-{d.now:%H%M%S%f}"[:64]
@@ -1062,7 +1063,7 @@ async def cmd_rate(d: DeskCtx) -> list[Reply]:
                 "desk.rate_set",
                 brand=brand.name(d.t.lang),
                 band=band_text,
-                rate=f"{rate_bp / 100:.2f}",
+                rate=percent(rate_bp),
                 version=version,
                 at=render.local_time(starts),
             )
