@@ -15,7 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+import numpy as np
 import zxingcpp
+from numpy.typing import NDArray
 from PIL import Image
 from pyzbar.pyzbar import decode as zbar_decode_raw
 
@@ -45,15 +47,69 @@ class Decode:
 
 
 def zbar(image: Image.Image) -> list[Decode]:
-    """What zbar reads in a grayscale picture, restricted to card symbologies."""
+    """What zbar reads in a grayscale picture, restricted to card symbologies, without short
+    symbols that are a partial scan of a longer one (see ``inside_longer_symbol``)."""
     found: list[Decode] = []
+    pixels: NDArray[np.float32] | None = None
     for result in zbar_decode_raw(image, symbols=symbols.CARD_SYMBOLS):
         symbology, text = symbols.normalise(result.type, symbols.decode_payload(result.data))
         xs = [point.x for point in result.polygon] or [result.rect.left]
         ys = [point.y for point in result.polygon] or [result.rect.top]
         box = (float(min(xs)), float(min(ys)), float(max(xs)), float(max(ys)))
+        if symbology in _MAX_ELEMENTS:
+            if pixels is None:
+                pixels = np.asarray(image, dtype=np.float32)
+            along_rows = str(result.orientation) in ("UP", "DOWN", "UNKNOWN", "None")
+            oriented = pixels if along_rows else pixels.T
+            if inside_longer_symbol(oriented, box, along_rows, symbology):
+                continue
         found.append(Decode(ZBAR, symbology, text, max(1, int(result.quality)), box))
     return found
+
+
+# Bars and spaces of the short symbols: UPC-E 3 + 6×4 + 6 = 33, EAN-8 3 + 4×4 + 5 + 4×4 + 3 =
+# 43. The left half of an EAN-13 or UPC-A (guard, six digits, the middle guard) parses as a
+# UPC-E whenever its parity pattern happens to give the right check digit; zbar then reports
+# that UPC-E and a wrong number. The whole symbol has 59 elements: a run of bars with clearly
+# more elements than the short symbol has is a longer symbol, whatever zbar made of it.
+_MAX_ELEMENTS: Final = {symbols.UPCE: 33 + 8, symbols.EAN8: 43 + 8}
+# A quiet zone is at least 7 modules; inside a symbol no element is wider than 4. Elements are
+# 1.5–2 modules on average, so a gap of 4 mean elements ends a run of bars.
+_QUIET_GAP: Final = 4.0
+
+
+def inside_longer_symbol(
+    pixels: NDArray[np.float32], box: Box, along_rows: bool, symbology: str
+) -> bool:
+    """Whether the bars a short-symbol decode came from run on into a longer symbol: counts
+    the bar/space edges of the run of bars through the decode, on the rows it was read on."""
+    left, top, right, bottom = box if along_rows else (box[1], box[0], box[3], box[2])
+    row = round((top + bottom) / 2)
+    if not 0 <= row < pixels.shape[0]:
+        return False
+    band = pixels[max(0, row - 1) : row + 2].mean(axis=0)
+    smooth = np.convolve(band, np.array([0.25, 0.5, 0.25], dtype=np.float32), mode="same")
+    slope = np.diff(smooth)
+    strength = np.abs(slope)
+    threshold = max(4.0, 0.2 * float(np.percentile(strength, 99)))
+    # Edges: local peaks of the slope's size, above the threshold; one per bar side.
+    peak = (strength[1:-1] >= strength[:-2]) & (strength[1:-1] > strength[2:])
+    edges = np.nonzero(peak & (strength[1:-1] > threshold))[0] + 1
+    if len(edges) < 2:
+        return False
+    signs = np.sign(slope[edges])
+    keep = np.concatenate(([True], signs[1:] != signs[:-1]))  # bar sides alternate
+    edges = edges[keep]
+    gaps = np.diff(edges)
+    if len(gaps) == 0:
+        return False
+    breaks = np.nonzero(gaps > _QUIET_GAP * float(np.median(gaps)))[0]
+    centre = (left + right) / 2
+    runs = np.split(edges, breaks + 1)
+    for run in runs:
+        if run[0] - 2 <= centre <= run[-1] + 2 or (left <= run[-1] and run[0] <= right):
+            return len(run) > _MAX_ELEMENTS[symbology]
+    return False
 
 
 _ZXING_FORMATS: Final = zxingcpp.barcode_formats_from_str(

@@ -11,7 +11,10 @@ direction) is near 1 for bars at any angle and low for text, texture and QR modu
 3. a morphological close on the block grid joins the blocks of one barcode across its quiet
    gaps; connected components are the candidates;
 4. each candidate gets an oriented box (along and across its mean gradient direction), grown by
-   a margin for the quiet zone.
+   a margin for the quiet zone;
+5. bar-like boxes lying end to end in one direction, with at most about a block between them,
+   are joined (``join_pieces``): a wide light bar or a glare streak splits the blocks of a small,
+   soft barcode into pieces, and a crop of one piece misses half of the symbol.
 
 The reader crops each box out of the larger photo with one ``Image.transform(QUAD)``: crop,
 deskew (bars upright) and resampling to a decodable module width in one step. A photo without
@@ -47,6 +50,18 @@ ANGLE_TOLERANCE: Final = 12.0  # degrees between neighbouring blocks of one barc
 MAX_REGIONS: Final = 4
 MARGIN_ACROSS: Final = 0.12  # of the box length across the bars (quiet zones at both ends)
 MARGIN_ALONG: Final = 0.15  # of the bar height (the printed digits below are not needed)
+# Pieces of one barcode: a column of blocks with weak or wayward gradients (a wide light bar,
+# a glare streak, a crease) splits its blocks into components lying end to end across the bars.
+# Pieces at most this many blocks apart and this well aligned are joined, so the crop holds the
+# whole symbol with its guards. A printed frame line or a neighbouring symbol lies further off.
+JOIN_GAP_BLOCKS: Final = 1.25
+JOIN_OFFSET: Final = 0.35  # centre offset along the bars, as a share of the taller piece
+# Pieces of one barcode share its bar height; a card edge or a frame line next to a barcode is
+# as tall as the card or the frame.
+JOIN_HEIGHT_RATIO: Final = 0.6
+# A lone edge (a label's border, a frame line), blurred and seen by blocks that see their
+# neighbours, spans four or five blocks; a piece of a barcode holds many bars and is longer.
+JOIN_MIN_BLOCKS: Final = 6.0
 
 Quad = tuple[float, float, float, float, float, float, float, float]
 Grid = NDArray[np.floating[Any]]
@@ -145,9 +160,69 @@ def locate(gray: Image.Image) -> Layout:
                 continue
             region = _region(cells, jxx, jyy, jxy, energy, block, is_bars)
             if region is not None:
-                regions.append(region.scaled(factor))
+                regions.append(region)
+    joined = join_pieces(regions, JOIN_GAP_BLOCKS * block, JOIN_MIN_BLOCKS * block)
+    regions = [r.scaled(factor) for r in joined]
     regions.sort(key=lambda r: -r.score)
     return Layout(tuple(regions[:MAX_REGIONS]), float(busy.mean()))
+
+
+def join_pieces(regions: list[Region], max_gap: float, min_length: float = 0.0) -> list[Region]:
+    """Bar-like regions with pieces of one barcode joined: same direction, end to end across
+    the bars, at most ``max_gap`` pixels apart, each at least ``min_length`` across."""
+    bars = sorted((r for r in regions if r.bar_like), key=lambda r: -r.score)
+    joined = True
+    while joined:
+        joined = False
+        for i, first in enumerate(bars):
+            for second in bars[i + 1 :]:
+                union = _joined(first, second, max_gap, min_length)
+                if union is not None:
+                    bars = [r for r in bars if r is not first and r is not second] + [union]
+                    bars.sort(key=lambda r: -r.score)
+                    joined = True
+                    break
+            if joined:
+                break
+    return bars + [r for r in regions if not r.bar_like]
+
+
+def _joined(first: Region, second: Region, max_gap: float, min_length: float) -> Region | None:
+    """The box holding both pieces, in the direction of the stronger one; None if they are
+    not two pieces of one barcode."""
+    if min(first.length, second.length) < min_length:
+        return None
+    if _turn(math.radians(first.angle), math.radians(second.angle)) > math.radians(
+        ANGLE_TOLERANCE
+    ):
+        return None
+    ux, uy = math.cos(math.radians(first.angle)), math.sin(math.radians(first.angle))
+    dx, dy = second.cx - first.cx, second.cy - first.cy
+    across = dx * ux + dy * uy
+    along = -dx * uy + dy * ux
+    tall = max(first.height, second.height)
+    if abs(along) > JOIN_OFFSET * tall:
+        return None
+    if min(first.height, second.height) < JOIN_HEIGHT_RATIO * tall:
+        return None
+    if abs(across) - (first.length + second.length) / 2 > max_gap:
+        return None
+    # Both boxes' extents on the stronger piece's axes (the second box's own tilt is within
+    # the angle tolerance: its corners are close enough to its axis-aligned extent).
+    a_lo = min(-first.length / 2, across - second.length / 2)
+    a_hi = max(first.length / 2, across + second.length / 2)
+    b_lo = min(-first.height / 2, along - second.height / 2)
+    b_hi = max(first.height / 2, along + second.height / 2)
+    a_mid, b_mid = (a_lo + a_hi) / 2, (b_lo + b_hi) / 2
+    return Region(
+        cx=first.cx + a_mid * ux - b_mid * uy,
+        cy=first.cy + a_mid * uy + b_mid * ux,
+        angle=first.angle,
+        length=a_hi - a_lo,
+        height=b_hi - b_lo,
+        score=first.score + second.score,
+        bar_like=True,
+    )
 
 
 def _blocks(values: Grid, block: int, rows: int, cols: int) -> Grid:

@@ -8,8 +8,11 @@ at ``DEFAULT_WALL_CAP_MS`` of wall-clock time):
 3. exposure/focus measures and candidate regions (``vision.locate``); a photo with nothing busy
    in it stops here (fail fast). When OCR is installed and print would be legible, OCR's
    predicted cost (at most ``OCR_SHARE`` of the deadline) is held back from the next stages;
-4. crops of the best candidate regions (deskewed, enlarged, then sharpened and deconvolved),
-   then whole-photo variants, most useful first, until a conclusive read or the deadline;
+4. crops of the best candidate regions (deskewed, enlarged, then sharpened and deconvolved;
+   pieces of one barcode the localiser found apart are joined first), then a QR code that
+   zxing-cpp found but could not decode resampled through a locally corrected grid
+   (``vision.warpqr``: cloth, curved packs), then whole-photo variants, most useful first,
+   until a conclusive read or the deadline;
 5. OCR of the printed number, when no read is sure (fallback and confirmation);
 6. photo-quality hints if nothing was read.
 
@@ -18,11 +21,13 @@ Trust rule (what keeps misreads out):
 1. Every decode must be plausible for its symbology (``vision.symbols.plausible``): EAN/UPC
    check digits re-verified, ITF of even length ≥ 6, Code 39 alphabet, printable text.
 2. A read is *accepted* when its symbology carries a mandatory check (EAN/UPC, Code 128, QR),
-   whichever variant produced it. Code 39 and ITF have none, so a read of theirs is accepted
-   only from a gentle variant (plain, rescaled, equalised, negative) or when a second variant
-   confirms it, and in both cases only if one variant decoded it on at least
-   ``UNCHECKED_MIN_LINES`` scan lines: stray text and partial ITF scans parse on one to four
-   lines, real bars on dozens.
+   whichever variant produced it, except a short symbol (EAN-8, UPC-E) that only zbar read,
+   in one variant, on fewer than ``UNCHECKED_MIN_LINES`` lines: part of a longer or blurred
+   symbol parses as one now and then (the printed digits may still confirm it). Code 39 and
+   ITF have no mandatory check, so a read of theirs is accepted only from a gentle variant
+   (plain, rescaled, equalised, negative) or when a second variant confirms it, and in both
+   cases only if one variant decoded it on at least ``UNCHECKED_MIN_LINES`` scan lines: stray
+   text and partial ITF scans parse on one to four lines, real bars on dozens.
 3. A read is *conclusive* (the cascade stops) when it is accepted and is a QR code or was
    decoded on at least ``STRONG_LINES`` scan lines of one variant. Blurred EAN photos do yield
    check-digit-valid misreads, but only on a few lines; those do not stop the search for better.
@@ -47,7 +52,7 @@ from typing import Final, Literal, cast
 from PIL import Image
 
 from core.ports import Barcode, CardReading
-from vision import engines, imaging, symbols
+from vision import engines, imaging, symbols, warpqr
 from vision.locate import MARGIN_ACROSS, MARGIN_ALONG, Layout, Region, locate
 from vision.ocr import DigitReader, load_ocr
 from vision.quality import legible, measure, photo_hints
@@ -74,6 +79,7 @@ FIRST_PASS_SIDE: Final = 1024  # a card barcode filling half the frame; zbar cos
 CASCADE_SIDE: Final = 1024  # filters run smaller: each variant then costs ~25 ms, not ~80
 TILT_SIDE: Final = 800  # rotating grows the canvas up to 2x; keep each tilt pass cheap
 UPSCALE_MAX_SIDE: Final = 480  # doubling only helps pictures whose bars are a pixel or two wide
+DOUBLE_DEBLUR_SIGMA: Final = 3.0  # px of the doubled picture: 1.5 px of the photo
 HALF_MIN_SIDE: Final = 120  # halving anything smaller leaves bars under a pixel wide
 CROP_TARGET: Final = 560  # px across the bars after resampling: ~5 px per module of an EAN-13
 CROP_MAX_UP: Final = 4.0
@@ -88,6 +94,9 @@ UNCHECKED_MIN_LINES: Final = 5
 # predictions use the worst rate seen so far times this margin.
 COST_MARGIN: Final = 1.25
 HINTS_RESERVE_MS: Final = 10.0  # the photo-quality measures run after the cascade
+# What resampling a bent QR code costs at most (one symbol of up to 41 modules, two lattices,
+# on one core); the step runs only with this much of the deadline left.
+QR_RESAMPLE_MS: Final = 80.0
 
 _FAMILY: Final = {
     symbols.EAN13: "EAN/UPC",
@@ -165,6 +174,10 @@ class Variant:
     transform: Callable[[Image.Image], Image.Image]
     growth: float = 1.0  # output pixels per input pixel, at most: the cost estimate uses it
     applies: Callable[[Image.Image], bool] = _always
+    # A step whose cost does not follow its output's pixels (it searches the picture and draws
+    # a small one) is not priced per pixel: it runs when this many milliseconds are left, and
+    # it teaches the cost estimate nothing.
+    fixed_ms: float | None = None
 
     @property
     def is_crop(self) -> bool:
@@ -181,6 +194,10 @@ def _halve(image: Image.Image) -> Image.Image:
 
 def _double(image: Image.Image) -> Image.Image:
     return imaging.scale(image, 2.0)
+
+
+def _double_deblur(image: Image.Image) -> Image.Image:
+    return imaging.deconvolve(imaging.scale(image, 2.0), sigma=DOUBLE_DEBLUR_SIGMA)
 
 
 def _big_enough_to_halve(image: Image.Image) -> bool:
@@ -204,6 +221,13 @@ def _crop(index: int, name: str, aggressive: bool, transform: Transform) -> Vari
 
 def _same(image: Image.Image) -> Image.Image:
     return image
+
+
+_BLANK: Final = Image.new("L", (8, 8), 255)
+
+
+def _resample_qr(image: Image.Image) -> Image.Image:
+    return warpqr.resample(image) or _BLANK
 
 
 # Candidate regions first: each crop is a fraction of the photo's pixels, so three crops and
@@ -231,8 +255,16 @@ CROPS: Final[tuple[Variant, ...]] = (
 # the negative (light bars printed on a dark card), and ±15° last, for slim barcodes whose
 # tolerance is narrower.
 CASCADE: Final[tuple[Variant, ...]] = (
+    # First, and nearly free unless zxing-cpp found a QR code it could not decode: that code
+    # resampled through a locally corrected grid (cloth, curved and crumpled surfaces).
+    Variant("qr_resample", True, "work", _resample_qr, fixed_ms=QR_RESAMPLE_MS),
     Variant("half", False, "work", _halve, growth=0.25, applies=_big_enough_to_halve),
     Variant("double", False, "work", _double, growth=4.0, applies=_small_enough_to_double),
+    # A small photo is often a soft one too (a thumbnail, a far shot cropped): doubled, then
+    # deconvolved for a defocus of ~1.5 of its own pixels, its modules get their edges back.
+    Variant(
+        "double_deblur", True, "work", _double_deblur, growth=4.0, applies=_small_enough_to_double
+    ),
     Variant("local_threshold", True, "cascade", imaging.local_threshold),
     _tilt(45),
     _tilt(30),
@@ -276,13 +308,32 @@ class _Evidence:
 
     @property
     def accepted(self) -> bool:
-        if self.self_checking or self.both_engines:
+        if self.both_engines:
+            return True
+        if self.weak_short_read:
+            return False
+        if self.self_checking:
             return True
         # zxing-cpp itself demands agreeing scan lines and quiet zones for Code 39 and ITF.
         if self.zxing_gentle:
             return True
         confirmed = self.gentle or self.variants >= 2
         return confirmed and self.best_lines >= UNCHECKED_MIN_LINES
+
+    @property
+    def weak_short_read(self) -> bool:
+        """An EAN-8/UPC-E only zbar saw, in one variant, on a few scan lines.
+
+        A short symbol carries few digits and one check digit (UPC-E's hides in the parity of its
+        six digits), so part of a longer or blurred symbol, or a run of print, parses as one now
+        and then; a real one decodes on many lines, in several variants or by zxing-cpp too.
+        """
+        return (
+            self.symbology in _SHORT_SYMBOLS
+            and self.engines == {engines.ZBAR}
+            and self.variants < 2
+            and self.best_lines < UNCHECKED_MIN_LINES
+        )
 
     @property
     def conclusive(self) -> bool:
@@ -471,6 +522,8 @@ class _Budget:
 
     def affords(self, variant: Variant, pixels: float) -> bool:
         """Whether building and decoding this many pixels is predicted to fit the budget."""
+        if variant.fixed_ms is not None:
+            return variant.fixed_ms <= self.remaining_ms()
         rate = self._ms_per_pixel.get(variant.is_crop, self._ms_per_pixel.get(False, 0.0))
         return rate * COST_MARGIN * pixels <= self.remaining_ms()
 
@@ -481,6 +534,8 @@ class _Budget:
         collector.add(image, variant.name, variant.aggressive)
         # On a busy machine a step takes longer in wall-clock time than in CPU time; pricing
         # by the slower of the two keeps the last step from overrunning the wall cap.
+        if variant.fixed_ms is not None:
+            return
         spent = max(self._clock() - began, self._wall_clock() - wall_began)
         rate = spent * 1000 / _pixels(image)
         kind = variant.is_crop

@@ -3,17 +3,20 @@ that OCR shares, the OCR warm-up, and the hints for a card held too far away."""
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import math
 import threading
 from collections.abc import Callable
 
 import numpy as np
 import pytest
+import zxingcpp
 from PIL import Image, ImageFilter
 
 from bot.democard import Shot, render_hard_card_photo
-from vision import PyzbarCardReader, engines, imaging, symbols
-from vision.locate import locate
+from vision import PyzbarCardReader, engines, imaging, symbols, warpqr
+from vision.locate import Region, join_pieces, locate
 from vision.ocr import DigitReading, RapidOcrDigitReader, load_ocr, ocr_available
 from vision.reader import (
     CASCADE,
@@ -24,6 +27,7 @@ from vision.reader import (
     Variant,
     _Collector,
     _Evidence,
+    _weigh_printed_digits,
     cut_out,
 )
 
@@ -105,6 +109,241 @@ def test_a_qr_code_is_a_two_dimensional_candidate() -> None:
     assert decoded(cut_out(photo, patches[0])) == {image.with_suffix(".txt").read_text()}
 
 
+def bars(cx: float, length: float, *, cy: float = 100, angle: float = 0.0) -> Region:
+    return Region(cx=cx, cy=cy, angle=angle, length=length, height=60, score=1, bar_like=True)
+
+
+def test_pieces_of_one_barcode_lying_end_to_end_are_joined_into_one_candidate() -> None:
+    left, right = bars(100, 80), bars(182, 80, angle=4.0)  # 2 px apart, slightly turned
+
+    (joined,) = join_pieces([left, right], max_gap=8)
+
+    assert joined.bar_like
+    assert math.isclose(joined.cx - joined.length / 2, 60, abs_tol=1)
+    assert math.isclose(joined.cx + joined.length / 2, 222, abs_tol=1)
+    assert joined.score == 2
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        bars(260, 80),  # a second symbol (or a frame line) beyond the gap
+        bars(100, 80, cy=180),  # a barcode printed below the first one
+        bars(182, 80, angle=30.0),  # bars the other way: not the same barcode
+        Region(cx=160, cy=100, angle=0, length=20, height=200, score=1, bar_like=True),  # an edge
+    ],
+)
+def test_candidates_that_are_not_pieces_of_one_barcode_stay_apart(other: Region) -> None:
+    assert len(join_pieces([bars(100, 80), other], max_gap=8)) == 2
+
+
+def test_a_lone_edge_beside_a_barcode_is_not_joined_to_it() -> None:
+    # The border of a white label a narrow quiet zone away: as tall as the bars, one edge wide.
+    label_edge = bars(147, 12)
+
+    assert len(join_pieces([bars(100, 80), label_edge], max_gap=8, min_length=24)) == 2
+    assert len(join_pieces([bars(100, 80), bars(167, 50)], max_gap=8, min_length=24)) == 1
+
+
+@needs_data
+def test_a_barcode_split_in_the_localiser_is_cut_out_whole_and_reads() -> None:
+    # A small, soft UPC-A: its blocks fall apart at the middle guard into two components; the
+    # crop of either piece alone misses one half of the symbol.
+    image = DATA_DIR / "zxing/upca-2/11.png"
+    photo = imaging.load_photo(image.read_bytes(), 1600).gray
+
+    best = locate(photo).regions[0]
+
+    assert best.bar_like
+    assert best.length > 0.75 * photo.width  # the bars span ~200 of the 240 px
+    deblurred = imaging.deconvolve(cut_out(photo, best))
+    assert image.with_suffix(".txt").read_text() in decoded(deblurred)
+
+
+# --------------------------------------------------------------------------------------------
+# QR codes on bent surfaces (cloth, curved packs): resampling through a corrected grid
+
+RIPPLED_TEXT = "https://card.example/2088123456"
+
+
+def rippled_qr(seed: int, amplitude_px: float = 3.0, period_px: float = 220) -> Image.Image:
+    """A QR code (5 px modules) printed on a rippled cloth: smooth waves shift its modules by
+    up to about a module, then a tilt, a little defocus and sensor noise."""
+    rng = np.random.default_rng(seed)
+    symbol = zxingcpp.create_barcode(RIPPLED_TEXT, zxingcpp.BarcodeFormat.QRCode, ec_level="M")
+    code = np.asarray(symbol.to_image(scale=5), dtype=np.float32)
+    pad = 60
+    cloth = np.full((code.shape[0] + 2 * pad, code.shape[1] + 2 * pad), 40.0, dtype=np.float32)
+    cloth[pad:-pad, pad:-pad] = code * 0.8 + 40
+    yy, xx = np.mgrid[0 : cloth.shape[0], 0 : cloth.shape[1]].astype(np.float32)
+    phase_x, phase_y = rng.uniform(0, 2 * math.pi, 2)
+    dx = amplitude_px * (
+        np.sin(2 * math.pi * yy / period_px + phase_x)
+        + 0.5 * np.sin(2 * math.pi * xx / (1.7 * period_px) + phase_y)
+    )
+    dy = amplitude_px * (
+        np.sin(2 * math.pi * xx / period_px + phase_y)
+        + 0.5 * np.sin(2 * math.pi * yy / (1.3 * period_px) + phase_x)
+    )
+    rows = np.clip(yy + dy, 0, cloth.shape[0] - 1).astype(int)
+    cols = np.clip(xx + dx, 0, cloth.shape[1] - 1).astype(int)
+    picture = Image.fromarray(cloth[rows, cols].astype(np.uint8)).rotate(
+        8, resample=Image.Resampling.BILINEAR, fillcolor=40
+    )
+    soft = np.asarray(picture.filter(ImageFilter.GaussianBlur(1.0)), dtype=np.float32)
+    soft += rng.normal(0, 4, soft.shape)
+    return Image.fromarray(np.clip(soft, 0, 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 3])
+def test_a_qr_code_on_rippled_cloth_reads_once_resampled_through_a_corrected_grid(
+    seed: int,
+) -> None:
+    photo = rippled_qr(seed)
+    assert RIPPLED_TEXT not in decoded(photo)  # one perspective transform misses the modules
+    assert warpqr.failed_symbols(photo)  # though zxing-cpp found the symbol and its version
+
+    redrawn = warpqr.resample(photo)
+
+    assert redrawn is not None
+    assert RIPPLED_TEXT in decoded(redrawn)
+
+
+def test_the_reader_returns_the_text_of_a_qr_code_on_rippled_cloth() -> None:
+    buffer = io.BytesIO()
+    rippled_qr(0).save(buffer, "PNG")
+
+    reading = PyzbarCardReader(ocr=None).read_sync(buffer.getvalue())
+
+    assert [(b.symbology, b.text) for b in reading.barcodes] == [("QRCODE", RIPPLED_TEXT)]
+
+
+@pytest.mark.parametrize("version", [1, 2, 3, 5, 6, 8])
+def test_the_function_patterns_are_where_every_qr_code_of_that_version_has_them(
+    version: int,
+) -> None:
+    size = 17 + 4 * version
+    # Text of about the capacity of the version at level L, so the encoder picks it.
+    text = "x" * {1: 15, 2: 30, 3: 50, 5: 100, 6: 130, 8: 190}[version]
+    symbol = zxingcpp.create_barcode(text, zxingcpp.BarcodeFormat.QRCode, ec_level="L")
+    matrix = np.asarray(symbol.to_image(scale=1))
+    quiet = (matrix.shape[0] - size) // 2
+    assert quiet >= 0, "the encoder chose another version"
+    dark = matrix[quiet : quiet + size, quiet : quiet + size] == 0
+
+    known = warpqr.function_patterns(size)
+
+    assert (known != 0).sum() > 150
+    assert not (dark & (known > 0)).any()
+    assert (dark | (known >= 0)).all()
+
+
+def test_a_photo_without_a_failed_qr_code_has_nothing_to_resample() -> None:
+    assert warpqr.resample(gray_photo(Shot())) is None
+    plain_qr = zxingcpp.create_barcode(RIPPLED_TEXT, zxingcpp.BarcodeFormat.QRCode)
+    flat = Image.fromarray(np.asarray(plain_qr.to_image(scale=5)))
+    assert warpqr.resample(flat) is None  # it decodes as it is
+
+
+@needs_data
+def test_a_qr_code_on_a_crumpled_shirt_reads_through_the_corrected_grid() -> None:
+    image = DATA_DIR / "zxing/qrcode-4/31.png"
+    photo = imaging.load_photo(image.read_bytes(), 1600).gray
+    assert image.with_suffix(".txt").read_text() not in decoded(photo)
+
+    redrawn = warpqr.resample(photo)
+
+    assert redrawn is not None
+    assert image.with_suffix(".txt").read_text() in decoded(redrawn)
+
+
+def test_resampling_runs_only_with_its_fixed_cost_left_and_does_not_price_the_cascade() -> None:
+    (qr_step,) = [v for v in CASCADE if v.name == "qr_resample"]
+    assert qr_step.fixed_ms is not None
+    calls: list[str] = []
+    # A budget that leaves less than the step's fixed cost after the plain pass and the crops.
+    reader = PyzbarCardReader(
+        budget_ms=HINTS_RESERVE_MS + qr_step.fixed_ms - 1,
+        wall_cap_ms=UNHURRIED_MS,
+        ocr=None,
+        crops=(),
+        cascade=counting((qr_step,), calls),
+        clock=TickingClock(0.0),
+    )
+
+    reader.read_sync(rippled_png := _png(rippled_qr(0)))
+    assert calls == []
+
+    roomy = PyzbarCardReader(ocr=None, crops=(), cascade=counting((qr_step,), calls))
+    assert roomy.read_sync(rippled_png).barcodes
+    assert calls == ["qr_resample"]
+
+
+def _png(picture: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    picture.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------------------------
+# Small soft photos: doubled, then deconvolved
+
+
+@needs_data
+def test_a_small_soft_photo_reads_doubled_and_deconvolved_not_doubled_alone() -> None:
+    image = DATA_DIR / "zxing/upca-2/10.png"  # 240 px, bars about two pixels wide, defocused
+    photo = imaging.load_photo(image.read_bytes(), 1600).gray
+    (double,) = [v for v in CASCADE if v.name == "double"]
+    (double_deblur,) = [v for v in CASCADE if v.name == "double_deblur"]
+
+    assert double_deblur.applies(photo)
+    assert image.with_suffix(".txt").read_text() not in decoded(double.transform(photo))
+    assert image.with_suffix(".txt").read_text() in decoded(double_deblur.transform(photo))
+    # It builds on the doubled picture, so it runs after it and only where doubling does.
+    assert CASCADE.index(double_deblur) > CASCADE.index(double)
+    assert not double_deblur.applies(imaging.fit(gray_photo(Shot()), 1024))
+
+
+# --------------------------------------------------------------------------------------------
+# A short symbol zbar parsed out of a longer one
+
+
+def bar_rows(kind: str, code: str) -> tuple[np.ndarray, float, float, float]:
+    """A rendered symbol as float pixels, its first and last bar column and module width."""
+    pixels = np.asarray(render(kind, code, module_mm=0.3), dtype=np.float32)
+    columns = np.nonzero((pixels < 128).any(axis=0))[0]
+    first, last = float(columns[0]), float(columns[-1])
+    return pixels, first, last, pixels.shape[0] / 2
+
+
+def test_a_upc_e_read_from_the_left_half_of_an_ean_13_is_inside_a_longer_symbol() -> None:
+    # The left guard, six digits and the middle guard of an EAN-13 are a UPC-E to zbar when
+    # their parity pattern happens to fit; seen on a soft photo of EAN-13 1515765945552.
+    pixels, first, last, row = bar_rows("ean13", "151576594555")
+    middle_guard = first + 50 * (last - first + 1) / 95
+    box = (middle_guard, row - 3, middle_guard, row + 3)
+
+    assert engines.inside_longer_symbol(pixels, box, True, symbols.UPCE)
+    assert engines.inside_longer_symbol(pixels, box, True, symbols.EAN8)
+
+
+def test_a_short_symbol_on_its_own_is_not_inside_a_longer_one() -> None:
+    pixels, first, last, row = bar_rows("ean8", "9638507")
+
+    for x in (first, (first + last) / 2, last):
+        assert not engines.inside_longer_symbol(pixels, (x, row - 3, x, row + 3), True, "EAN8")
+    turned = np.ascontiguousarray(pixels.T)  # bars along the rows: zbar scanned the columns
+    assert not engines.inside_longer_symbol(turned, (row - 3, last, row + 3, last), False, "EAN8")
+
+
+@needs_data
+def test_real_upc_e_and_ean_8_photos_still_read_with_the_partial_scan_guard() -> None:
+    for name in ("zxing/upce-1/1.png", "zxing/ean8-1/1.png", "quagga2/upc_e/image-001.jpg"):
+        image = DATA_DIR / name
+        photo = imaging.load_photo(image.read_bytes(), 1600).gray
+        assert image.with_suffix(".txt").read_text() in {d.text for d in engines.zbar(photo)}
+
+
 # --------------------------------------------------------------------------------------------
 # Deblurring variants (on an enlarged, defocused crop: what the crop stage hands them)
 
@@ -146,7 +385,7 @@ def counting(variants: tuple[Variant, ...], calls: list[str]) -> tuple[Variant, 
             calls.append(variant.name)
             return variant.transform(image)
 
-        return Variant(variant.name, variant.aggressive, variant.view, transform, variant.growth)
+        return dataclasses.replace(variant, transform=transform)
 
     return tuple(wrap(v) for v in variants)
 
@@ -455,6 +694,38 @@ def test_a_card_far_away_in_a_12_megapixel_photo_says_move_closer(card_width: in
 
     assert reading.barcodes == ()
     assert reading.hints[:1] == ("too_small",)
+
+
+@pytest.mark.parametrize("symbology", [symbols.UPCE, symbols.EAN8])
+def test_a_short_symbol_zbar_saw_once_on_a_few_lines_is_held_back(symbology: str) -> None:
+    # Seen on a real photo: a crop of a UPC-A's neighbourhood parsed as a check-digit-valid
+    # UPC-E on four scan lines, and nothing else read: a wrong number the user would be shown.
+    weak = evidence(symbology, "00870340", engines.ZBAR, lines=4, order=0)
+
+    assert not weak.accepted
+    assert weak.weak_short_read
+
+
+def test_a_short_symbol_is_accepted_on_many_lines_a_second_variant_or_both_engines() -> None:
+    many_lines = evidence(symbols.UPCE, "00870340", engines.ZBAR, lines=12, order=0)
+    two_variants = evidence(symbols.UPCE, "00870340", engines.ZBAR, lines=3, order=0)
+    two_variants.seen_in.append("crop0_deblur")
+    both_engines = evidence(symbols.UPCE, "00870340", engines.ZBAR, lines=3, order=0)
+    both_engines.engines.add(engines.ZXING)
+    by_zxing = evidence(symbols.EAN8, "96385074", engines.ZXING, lines=0, order=0)
+    long_symbol = evidence(symbols.EAN13, "9780441014989", engines.ZBAR, lines=3, order=0)
+
+    for found in (many_lines, two_variants, both_engines, by_zxing, long_symbol):
+        assert found.accepted, found
+
+
+def test_a_held_back_short_symbol_is_confirmed_by_the_printed_digits() -> None:
+    weak = evidence(symbols.EAN8, "96385074", engines.ZBAR, lines=2, order=0)
+    collector = _Collector()
+    collector._seen = {(weak.symbology, weak.text): weak}
+
+    assert collector.accepted() == []
+    assert _weigh_printed_digits([], collector.rejected_unchecked(), ("96385074",)) == [weak]
 
 
 def test_a_barcode_cut_short_by_a_thumb_is_not_called_too_small() -> None:
