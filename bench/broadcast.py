@@ -163,7 +163,7 @@ async def run(
     flood_at: float | None = 0.25,
     blocked: int = 0,
     concurrency: int = 4,
-    margin: float = 0.05,
+    margin: float = 0.01,
     within: float = 3600.0,
 ) -> dict[str, Any]:
     """Run the whole scenario; returns the figures (see ``main``)."""
@@ -317,7 +317,7 @@ def main() -> int:
     parser.add_argument("--blocked", type=int, default=0, help="recipients who blocked the bot")
     parser.add_argument("--database-url", default=None, help="default: a SQLite file")
     parser.add_argument(
-        "--margin", type=float, default=0.05, help="the limiter's slack (TELEGRAM_FLOW_MARGIN)"
+        "--margin", type=float, default=0.01, help="the limiter's slack (TELEGRAM_FLOW_MARGIN)"
     )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()

@@ -1,14 +1,15 @@
 """The broadcast worker: sends confirmed broadcasts from their outbox (``broadcast_deliveries``)
 through each channel's sender, at most once per recipient.
 
-**At most once.** A delivery is committed ``sending`` (claimed by this worker) before its
-request, and ``sent`` / ``failed`` / ``unreachable`` / ``skipped`` after it. A row left
-``sending`` by a worker that died is never sent again: once it is older than
-``stale_after`` it is marked ``unknown`` and reported so. Few rows are ever in that state at
-once — a lane claims at most ``claim_ahead`` rows beyond those being sent — so a kill leaves
-few ambiguous rows. Only a request that surely never left (the connection was refused) puts a
-row back to ``pending``. A graceful stop sends nothing more: claimed rows not yet sent go back
-to ``pending`` and the requests in flight are awaited and recorded.
+**At most once.** A lane claims a few deliveries ahead (``claimed``, committed), and commits
+each one ``sending`` just before its request, then ``sent`` / ``failed`` / ``unreachable`` /
+``skipped`` after it. After a crash, rows another worker left ``claimed`` for longer than
+``stale_after`` go back to ``pending`` (no request was made for them); rows it left ``sending``
+are never sent again: they are marked ``unknown`` and reported so. Only the requests in flight
+at the moment of a kill (at most ``concurrency``) can be ambiguous. Only a request that surely
+never left (the connection was refused) puts a row back to ``pending``. A graceful stop sends
+nothing more: claimed rows not yet sent go back to ``pending`` and the requests in flight are
+awaited and recorded.
 
 **Pacing.** Telegram: every send goes through the process's
 :class:`~bot.telegram.limiter.FlowControl` — the same one conversation replies use, so the
@@ -329,6 +330,10 @@ class _Lane:
         broadcast = await self.worker.broadcast(delivery.broadcast_id)
         if broadcast.state is BroadcastState.CANCELLED:
             return Outcome(DeliveryState.SKIPPED, "cancelled")
+        if not await self.worker.start(delivery):
+            # No longer ours (taken back after a long pause): someone else sends it. Recording
+            # this outcome changes nothing, since the row is no longer claimed by us.
+            return Outcome(DeliveryState.SKIPPED, "claim lost")
         return await self.channel.deliver(delivery, broadcast)
 
     async def _recorder(self) -> None:
@@ -449,6 +454,15 @@ class BroadcastWorker:
         if claimed or live:
             await self.refresh({d.broadcast_id for d in claimed} | live)
         return claimed
+
+    async def start(self, delivery: Delivery) -> bool:
+        """Commit ``sending`` just before the request: only a request in flight at a crash can
+        leave a delivery ambiguous; claimed rows not started go back to pending."""
+        assert delivery.id is not None
+        async with self.uow_factory() as uow:
+            started = await uow.broadcasts.start(delivery.id, self.worker_id, self.clock.now())
+            await uow.commit()
+        return started
 
     async def record(self, outcomes: Sequence[tuple[int, Outcome]]) -> None:
         async with self.uow_factory() as uow:

@@ -51,7 +51,8 @@ class BroadcastState(StrEnum):
 
 class DeliveryState(StrEnum):
     PENDING = "pending"  # waiting for its turn
-    SENDING = "sending"  # committed before the request: never sent again
+    CLAIMED = "claimed"  # taken by a worker, no request yet: a crash puts it back to pending
+    SENDING = "sending"  # committed just before the request: never sent again
     SENT = "sent"
     FAILED = "failed"  # the channel refused this message
     UNREACHABLE = "unreachable"  # blocked the bot / unfollowed / chat gone
@@ -59,7 +60,7 @@ class DeliveryState(StrEnum):
     UNKNOWN = "unknown"  # left ``sending`` by a crash or an unanswered request: at most once
 
 
-OPEN_DELIVERY_STATES = (DeliveryState.PENDING, DeliveryState.SENDING)
+OPEN_DELIVERY_STATES = (DeliveryState.PENDING, DeliveryState.CLAIMED, DeliveryState.SENDING)
 ACTIVE_STATES = (BroadcastState.SCHEDULED, BroadcastState.SENDING)
 
 

@@ -849,9 +849,15 @@ class BroadcastRepository(Protocol):
         surely never left, it may be claimed again); how many rows changed."""
         ...
 
+    async def start(self, delivery_id: int, worker: str, at: datetime) -> bool:
+        """A claimed delivery about to be requested becomes ``sending``; False if it is no
+        longer this worker's claim (then it must not be sent)."""
+        ...
+
     async def expire_claims(self, channel: str, worker: str, before: datetime) -> int:
-        """Deliveries of a channel left ``sending`` by another worker since before ``before``
-        (a crash) become ``unknown``; how many."""
+        """Deliveries of a channel another worker claimed before ``before`` and never started
+        go back to ``pending``; those it left ``sending`` (a crash mid-request) become
+        ``unknown``; how many became unknown."""
         ...
 
     async def finish_done(self, at: datetime) -> Sequence[int]:

@@ -41,6 +41,7 @@ REPORT_STATES = (
     DeliveryState.SKIPPED,
     DeliveryState.UNKNOWN,
     DeliveryState.PENDING,
+    DeliveryState.CLAIMED,
     DeliveryState.SENDING,
 )
 

@@ -1590,6 +1590,7 @@ from core.broadcast import (  # noqa: E402
     CHANNELS as BROADCAST_CHANNELS,
 )
 from core.broadcast import (  # noqa: E402
+    OPEN_DELIVERY_STATES,
     Audience,
     AudienceKind,
     Broadcast,
@@ -1852,7 +1853,7 @@ class SqlAlchemyBroadcastRepository:
                     DELIVERIES.c.state == DeliveryState.PENDING.value,
                 )
                 .values(
-                    state=DeliveryState.SENDING.value,
+                    state=DeliveryState.CLAIMED.value,
                     claimed_by=worker,
                     claimed_at=now,
                     updated_at=now,
@@ -1885,7 +1886,11 @@ class SqlAlchemyBroadcastRepository:
                     DELIVERIES.c.id.in_(ids),
                     DELIVERIES.c.claimed_by == worker,
                     DELIVERIES.c.state.in_(
-                        [DeliveryState.SENDING.value, DeliveryState.UNKNOWN.value]
+                        [
+                            DeliveryState.CLAIMED.value,
+                            DeliveryState.SENDING.value,
+                            DeliveryState.UNKNOWN.value,
+                        ]
                     ),
                 )
                 .values(**values)
@@ -1909,7 +1914,32 @@ class SqlAlchemyBroadcastRepository:
                 )
         return changed
 
+    async def start(self, delivery_id: int, worker: str, at: datetime) -> bool:
+        result = await self._session.execute(
+            update(DELIVERIES)
+            .where(
+                DELIVERIES.c.id == delivery_id,
+                DELIVERIES.c.claimed_by == worker,
+                DELIVERIES.c.state == DeliveryState.CLAIMED.value,
+            )
+            .values(state=DeliveryState.SENDING.value, claimed_at=_utc(at), updated_at=_utc(at))
+        )
+        assert isinstance(result, CursorResult)
+        return int(result.rowcount) == 1
+
     async def expire_claims(self, channel: str, worker: str, before: datetime) -> int:
+        # Claimed by a worker that stopped before starting them: no request was made, so they
+        # simply go back in line.
+        await self._session.execute(
+            update(DELIVERIES)
+            .where(
+                DELIVERIES.c.channel == channel,
+                DELIVERIES.c.state == DeliveryState.CLAIMED.value,
+                or_(DELIVERIES.c.claimed_by.is_(None), DELIVERIES.c.claimed_by != worker),
+                DELIVERIES.c.claimed_at < _utc(before),
+            )
+            .values(state=DeliveryState.PENDING.value, claimed_by=None)
+        )
         result = await self._session.execute(
             update(DELIVERIES)
             .where(
@@ -1927,7 +1957,7 @@ class SqlAlchemyBroadcastRepository:
         return int(result.rowcount)
 
     async def finish_done(self, at: datetime) -> Sequence[int]:
-        open_states = [s.value for s in (DeliveryState.PENDING, DeliveryState.SENDING)]
+        open_states = [s.value for s in OPEN_DELIVERY_STATES]
         done: ScalarResult[int] = await self._session.scalars(
             select(BROADCASTS.c.id).where(
                 BROADCASTS.c.state == BroadcastState.SENDING.value,

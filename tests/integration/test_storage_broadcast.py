@@ -143,7 +143,7 @@ async def test_a_delivery_is_claimed_by_one_worker_and_reported_by_its_outcome(
         await uow.commit()
     assert len(first) == 3 and len(second) == 2 and third == []
     assert {d.id for d in first}.isdisjoint({d.id for d in second})
-    assert all(d.state is DeliveryState.SENDING and d.attempts == 1 for d in [*first, *second])
+    assert all(d.state is DeliveryState.CLAIMED and d.attempts == 1 for d in [*first, *second])
     assert [d.user_id for d in wechat] == [blocked]
     async with uow_factory() as uow:
         assert (await uow.broadcasts.get(broadcast_id)).state is BroadcastState.SENDING
@@ -184,6 +184,8 @@ async def test_rows_a_crashed_worker_left_sending_become_unknown_and_are_never_c
     broadcast_id = await start(uow_factory)
     async with uow_factory() as uow:
         crashed = await uow.broadcasts.claim("telegram", "dead", NOW, 2)
+        for delivery in crashed:  # both requests were under way when it died
+            assert await uow.broadcasts.start(delivery.id or 0, "dead", NOW)
         await uow.commit()
     later = NOW + timedelta(minutes=5)
     async with uow_factory() as uow:
@@ -196,7 +198,32 @@ async def test_rows_a_crashed_worker_left_sending_become_unknown_and_are_never_c
     assert {d.id for d in rest}.isdisjoint({d.id for d in crashed}) and len(rest) == 2
     async with uow_factory() as uow:
         report = await bc.report(uow, broadcast_id)
-    assert report[DeliveryState.UNKNOWN] == 2 and report[DeliveryState.SENDING] == 2
+    assert report[DeliveryState.UNKNOWN] == 2 and report[DeliveryState.CLAIMED] == 2
+
+
+async def test_rows_a_crashed_worker_claimed_but_never_started_go_back_in_line(
+    uow_factory: SqlAlchemyUnitOfWorkFactory,
+) -> None:
+    for n in range(3):
+        await person(uow_factory, "telegram", str(450 + n))
+    broadcast_id = await start(uow_factory)
+    async with uow_factory() as uow:
+        crashed = await uow.broadcasts.claim("telegram", "dead", NOW, 3)
+        assert await uow.broadcasts.start(crashed[0].id or 0, "dead", NOW)
+        # Someone else cannot start a row that is not theirs.
+        assert not await uow.broadcasts.start(crashed[1].id or 0, "other", NOW)
+        await uow.commit()
+    later = NOW + timedelta(minutes=5)
+    async with uow_factory() as uow:
+        assert await uow.broadcasts.expire_claims("telegram", "new", later) == 1
+        rest = await uow.broadcasts.claim("telegram", "new", later, 10)
+        # The dead worker's claim is gone: it may not start them any more.
+        assert not await uow.broadcasts.start(crashed[2].id or 0, "dead", later)
+        await uow.commit()
+    assert sorted(d.id for d in rest) == sorted(d.id for d in crashed[1:])
+    async with uow_factory() as uow:
+        report = await bc.report(uow, broadcast_id)
+    assert report[DeliveryState.UNKNOWN] == 1 and report[DeliveryState.CLAIMED] == 2
 
 
 async def test_a_scheduled_broadcast_is_not_claimed_before_its_time(
@@ -227,7 +254,7 @@ async def test_cancelling_skips_every_pending_delivery_and_reports_it(
         await uow.commit()
     assert cancelled.state is BroadcastState.CANCELLED
     assert report[DeliveryState.SKIPPED] == 3
-    assert report[DeliveryState.SENT] == 1 and report[DeliveryState.SENDING] == 1
+    assert report[DeliveryState.SENT] == 1 and report[DeliveryState.CLAIMED] == 1
     async with uow_factory() as uow:
         assert await uow.broadcasts.claim("telegram", "w2", NOW, 10) == []
         with pytest.raises(UserError):
