@@ -92,6 +92,11 @@ WECHAT_UNREACHABLE = frozenset({43004, 40003})
 TELEGRAM_GONE = ("chat not found", "user is deactivated", "bot was kicked", "peer_id_invalid")
 
 
+Start = Callable[[], Awaitable[bool]]
+
+NOT_OURS = Outcome(DeliveryState.SKIPPED, "claim lost")
+
+
 class BroadcastChannel(Protocol):
     """How one channel delivers one broadcast message."""
 
@@ -102,8 +107,10 @@ class BroadcastChannel(Protocol):
         """Seconds to wait before sending anything (a 429 pause), 0 when free."""
         ...
 
-    async def deliver(self, delivery: Delivery, broadcast: Broadcast) -> Outcome:
-        """Send one recipient's message; never raises for the channel's own failures."""
+    async def deliver(self, delivery: Delivery, broadcast: Broadcast, start: Start) -> Outcome:
+        """Send one recipient's message; never raises for the channel's own failures.
+        ``start()`` commits the delivery ``sending``: call it once, as late as possible before
+        the request (after any wait for the channel's limits); False means do not send."""
         ...
 
 
@@ -121,12 +128,19 @@ class TelegramBroadcastChannel:
     def paused_for(self) -> float:
         return self.sender.flow.paused_for
 
-    async def deliver(self, delivery: Delivery, broadcast: Broadcast) -> Outcome:
+    async def deliver(self, delivery: Delivery, broadcast: Broadcast, start: Start) -> Outcome:
         text = recipient_text(broadcast.text, delivery.language)
         flow = self.sender.flow
+        started = False
         while True:
             try:
                 async with flow.slot(delivery.chat_id, CallKind.MESSAGE):
+                    # Committed "sending" only once the limits let it go: a kill while it
+                    # waited for its slot leaves it claimed, and it is sent after a restart.
+                    if not started:
+                        if not await start():
+                            return NOT_OURS
+                        started = True
                     await self._send(int(delivery.chat_id), broadcast, text)
                 return Outcome(DeliveryState.SENT)
             except TelegramRetryAfter as exc:
@@ -188,11 +202,13 @@ class WeChatBroadcastChannel:
     def paused_for(self) -> float:
         return 0.0
 
-    async def deliver(self, delivery: Delivery, broadcast: Broadcast) -> Outcome:
+    async def deliver(self, delivery: Delivery, broadcast: Broadcast, start: Start) -> Outcome:
         openid = delivery.chat_id
         text = recipient_text(broadcast.text, delivery.language)
         if self.template_id:
             short = text if len(text) <= MAX_TEMPLATE_CHARS else text[: MAX_TEMPLATE_CHARS - 1]
+            if not await start():
+                return NOT_OURS
             try:
                 await self.api.send_template(
                     openid, self.template_id, {self.template_field: short}
@@ -209,6 +225,8 @@ class WeChatBroadcastChannel:
         window = open_window(contact, self.clock.now())
         if window is None:
             return Outcome(DeliveryState.SKIPPED, "outside the 48-hour customer-service window")
+        if not self.template_id and not await start():
+            return NOT_OURS
         try:
             await self.api.send_text(openid, text)
         except WeChatApiError as exc:
@@ -330,11 +348,9 @@ class _Lane:
         broadcast = await self.worker.broadcast(delivery.broadcast_id)
         if broadcast.state is BroadcastState.CANCELLED:
             return Outcome(DeliveryState.SKIPPED, "cancelled")
-        if not await self.worker.start(delivery):
-            # No longer ours (taken back after a long pause): someone else sends it. Recording
-            # this outcome changes nothing, since the row is no longer claimed by us.
-            return Outcome(DeliveryState.SKIPPED, "claim lost")
-        return await self.channel.deliver(delivery, broadcast)
+        # start() False: no longer ours (taken back after a long pause), someone else sends
+        # it; recording NOT_OURS then changes nothing, the row being no longer claimed by us.
+        return await self.channel.deliver(delivery, broadcast, lambda: self.worker.start(delivery))
 
     async def _recorder(self) -> None:
         while True:
