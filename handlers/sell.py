@@ -98,19 +98,19 @@ async def prompt_secret(ctx: Ctx) -> tuple[Reply, ...]:
     )
 
 
+def quote_options(t: Translator, ref: str) -> tuple[Option, ...]:
+    """Accept or decline a quote (``ref``: an order id, or B + a batch id)."""
+    return (
+        Option(f"quote.accept:{ref}", t("quote.accept")),
+        Option(f"quote.decline:{ref}", t("quote.decline")),
+    )
+
+
 async def prompt_quote(ctx: Ctx) -> tuple[Reply, ...]:
     order = await ctx.uow.orders.get(int(ctx.data["order_id"]))
     quote = await ctx.uow.quotes.get(order.quote_id)
     text = render.quote_text(ctx.t, ctx.deps.catalog, quote, order.card_masked)
-    return (
-        Reply(
-            text,
-            (
-                Option(f"quote.accept:{order.id}", ctx.t("quote.accept")),
-                Option(f"quote.decline:{order.id}", ctx.t("quote.decline")),
-            ),
-        ),
-    )
+    return (Reply(text, quote_options(ctx.t, str(order.id))),)
 
 
 async def prompt_consent(ctx: Ctx) -> tuple[Reply, ...]:
@@ -863,15 +863,7 @@ async def prompt_batch_quote(ctx: Ctx) -> tuple[Reply, ...]:
     ]
     quotes = [await ctx.uow.quotes.get(o.quote_id) for o in orders]
     text = render.batch_quote_text(ctx.t, ctx.deps.catalog, found, orders, quotes)
-    return (
-        Reply(
-            text,
-            (
-                Option(f"quote.accept:B{batch_id}", ctx.t("quote.accept")),
-                Option(f"quote.decline:B{batch_id}", ctx.t("quote.decline")),
-            ),
-        ),
-    )
+    return (Reply(text, quote_options(ctx.t, f"B{batch_id}")),)
 
 
 async def prompt_batch_payout_confirm(ctx: Ctx) -> tuple[Reply, ...]:
