@@ -106,6 +106,15 @@ def quote_options(t: Translator, ref: str) -> tuple[Option, ...]:
     )
 
 
+def payout_options(t: Translator, ref: str, account_id: int | None) -> tuple[Option, ...]:
+    """Confirm the payout to this account, change the account, or cancel (``ref`` as above)."""
+    return (
+        Option(f"pay.confirm:{ref}:{account_id}", t("pay.confirm")),
+        Option("pay.change", t("pay.change")),
+        Option(f"pay.cancel:{ref}", t("pay.cancel")),
+    )
+
+
 async def prompt_quote(ctx: Ctx) -> tuple[Reply, ...]:
     order = await ctx.uow.orders.get(int(ctx.data["order_id"]))
     quote = await ctx.uow.quotes.get(order.quote_id)
@@ -190,16 +199,7 @@ async def prompt_payout_confirm(ctx: Ctx) -> tuple[Reply, ...]:
         holder=account.holder_name,
         order=order.number,
     )
-    return (
-        Reply(
-            text,
-            (
-                Option(f"pay.confirm:{order.id}:{account.id}", ctx.t("pay.confirm")),
-                Option("pay.change", ctx.t("pay.change")),
-                Option(f"pay.cancel:{order.id}", ctx.t("pay.cancel")),
-            ),
-        ),
-    )
+    return (Reply(text, payout_options(ctx.t, str(order.id), account.id)),)
 
 
 async def prompt_settlement(ctx: Ctx) -> tuple[Reply, ...]:
@@ -880,16 +880,7 @@ async def prompt_batch_payout_confirm(ctx: Ctx) -> tuple[Reply, ...]:
         account=account.account_masked,
         holder=account.holder_name,
     )
-    return (
-        Reply(
-            text,
-            (
-                Option(f"pay.confirm:B{batch_id}:{account.id}", ctx.t("pay.confirm")),
-                Option("pay.change", ctx.t("pay.change")),
-                Option(f"pay.cancel:B{batch_id}", ctx.t("pay.cancel")),
-            ),
-        ),
-    )
+    return (Reply(text, payout_options(ctx.t, f"B{batch_id}", account.id)),)
 
 
 async def cmd_sell_batch(ctx: Ctx) -> Step:

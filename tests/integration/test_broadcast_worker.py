@@ -18,7 +18,12 @@ from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 
 from bench.broadcast import max_in_window
-from bot.broadcast import BroadcastWorker, TelegramBroadcastChannel, WeChatBroadcastChannel
+from bot.broadcast import (
+    BroadcastChannel,
+    BroadcastWorker,
+    TelegramBroadcastChannel,
+    WeChatBroadcastChannel,
+)
 from bot.telegram.limiter import FlowControl
 from bot.telegram.outbound import TelegramSender
 from bot.wechat.api import WeChatApiError
@@ -114,6 +119,24 @@ def worker_for(uow_factory: Any, channels: list[Any], clock: Any = None) -> Broa
     )
 
 
+async def run_until_finished(
+    uow_factory: SqlAlchemyUnitOfWorkFactory, channel: BroadcastChannel, broadcast_id: int
+) -> None:
+    """A worker with this one channel, run until the broadcast has finished."""
+    worker = worker_for(uow_factory, [channel])
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    try:
+
+        async def finished() -> bool:
+            return await state(uow_factory, broadcast_id) is BroadcastState.FINISHED
+
+        await until(finished)
+    finally:
+        stop.set()
+        await running
+
+
 async def test_cancelling_mid_send_stops_after_at_most_the_few_deliveries_in_hand(
     uow_factory: SqlAlchemyUnitOfWorkFactory, tg: FakeTelegram, sender: TelegramSender
 ) -> None:
@@ -190,18 +213,7 @@ async def test_blocked_recipients_are_marked_unreachable_and_429s_pause_every_se
     tg.blocked = {FIRST_CHAT + k for k in range(0, 60, 10)}
     tg.flood(2)  # the first send opens a 2-second flood window
     channel = TelegramBroadcastChannel(sender)
-    worker = worker_for(uow_factory, [channel])
-    stop = asyncio.Event()
-    running = asyncio.create_task(worker.run(stop))
-    try:
-
-        async def finished() -> bool:
-            return await state(uow_factory, broadcast_id) is BroadcastState.FINISHED
-
-        await until(finished)
-    finally:
-        stop.set()
-        await running
+    await run_until_finished(uow_factory, channel, broadcast_id)
     final = await report(uow_factory, broadcast_id)
     assert final[DeliveryState.UNREACHABLE] == 6 and final[DeliveryState.SENT] == 54
     assert max(ok_sends(tg).values()) == 1
@@ -302,18 +314,7 @@ async def run_wechat(
         await uow.wechat_contacts.touch("oUser3", now - timedelta(hours=2), by_message=True)
         await uow.commit()
     channel = WeChatBroadcastChannel(api, uow_factory, WallClock(), template_id=template)  # type: ignore[arg-type]
-    worker = worker_for(uow_factory, [channel])
-    stop = asyncio.Event()
-    running = asyncio.create_task(worker.run(stop))
-    try:
-
-        async def finished() -> bool:
-            return await state(uow_factory, broadcast_id) is BroadcastState.FINISHED
-
-        await until(finished)
-    finally:
-        stop.set()
-        await running
+    await run_until_finished(uow_factory, channel, broadcast_id)
     return broadcast_id
 
 
