@@ -75,8 +75,11 @@ class BatchProblem:
 
 @dataclass(frozen=True)
 class ParsedBatch:
+    """Every non-blank line's verdict: a card, a problem, or (line 1 only) a header row."""
+
     cards: tuple[BatchLine, ...]
     problems: tuple[BatchProblem, ...]
+    header: int | None = None
 
 
 def looks_like_a_batch(text: str) -> bool:
@@ -89,13 +92,19 @@ def parse_batch(text: str, catalog: Catalog) -> ParsedBatch:
     cards: list[BatchLine] = []
     problems: list[BatchProblem] = []
     seen: dict[str, int] = {}
+    header: int | None = None
     for number_of_line, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue  # a blank line says nothing; every other line gets a verdict
         # Spreadsheets quote their cells ("2326…","135790"): the quotes are not part of a card.
+        # A line of nothing but quotes and separators is still a line the user sent: reported.
         fields = [f for f in (f.strip("\"'") for f in _SPLIT.split(raw.strip())) if f]
         if not fields:
+            problems.append(BatchProblem(number_of_line, "batch.not_a_card"))
             continue
         if number_of_line == 1 and fields[0].lower() in _HEADER_WORDS:
-            continue  # a spreadsheet's header row
+            header = number_of_line  # a spreadsheet's header row
+            continue
         if len(cards) >= MAX_CARDS:
             problems.append(BatchProblem(number_of_line, "batch.too_many", (("max", "100"),)))
             continue
@@ -113,7 +122,7 @@ def parse_batch(text: str, catalog: Catalog) -> ParsedBatch:
             continue
         seen[card.number] = number_of_line
         cards.append(card)
-    return ParsedBatch(tuple(cards), tuple(problems))
+    return ParsedBatch(tuple(cards), tuple(problems), header)
 
 
 def _one_line(

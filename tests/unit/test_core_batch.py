@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from core.batch import MAX_CARDS, looks_like_a_batch, parse_batch
@@ -62,14 +62,44 @@ def test_one_line_is_not_a_batch_and_two_are() -> None:
     assert looks_like_a_batch(f"{WALMART} 135790\n{RTMART}")
 
 
-@given(st.lists(st.text(max_size=40), max_size=30))
-def test_any_text_parses_without_raising_and_every_line_is_accounted_for(
+# What a pasted list is made of: card numbers, secrets, the separators and quotes spreadsheets
+# and chat apps put around them, and anything else.
+_PIECES = st.one_of(
+    st.sampled_from([WALMART, RTMART, walmart(7), "135790", "卡号", "card", "secret"]),
+    st.sampled_from(["'", '"', "''", '""', ",", "，", ";", "；", "\t", " ", "\u3000"]),
+    st.text(max_size=12),
+)
+_LINES = st.lists(st.lists(_PIECES, max_size=6).map("".join), max_size=30)
+
+
+def verdict_lines(text: str) -> list[int]:
+    """The line numbers that got a verdict (a card, a problem, or the header row), with
+    repeats: a line is never given two."""
+    parsed = parse_batch(text, CATALOG)
+    header = [] if parsed.header is None else [parsed.header]
+    return sorted([c.line for c in parsed.cards] + [p.line for p in parsed.problems] + header)
+
+
+def test_a_line_of_quotes_alone_is_reported_not_dropped() -> None:
+    parsed = parse_batch("'\n'", CATALOG)
+    assert [(p.line, p.key) for p in parsed.problems] == [
+        (1, "batch.not_a_card"),
+        (2, "batch.not_a_card"),
+    ]
+
+
+def test_a_spreadsheet_header_row_is_recognised_as_such() -> None:
+    parsed = parse_batch(f'"卡号","卡密"\n"{WALMART}","135790"', CATALOG)
+    assert parsed.header == 1 and parsed.problems == ()
+    assert [(c.line, c.number, c.secret) for c in parsed.cards] == [(2, WALMART, "135790")]
+
+
+@given(_LINES)
+@example(["'", "'"])  # found on a fresh clone: both lines were left without a verdict
+@example([",", '""'])
+def test_every_non_blank_line_gets_exactly_one_verdict_whatever_its_quotes(
     lines: list[str],
 ) -> None:
     text = "\n".join(lines)
-    parsed = parse_batch(text, CATALOG)
-    taken = {c.line for c in parsed.cards} | {p.line for p in parsed.problems}
-    non_blank = {n for n, line in enumerate(text.splitlines(), start=1) if line.strip()}
-    assert taken <= non_blank
-    # Only a header row (first line) may be left without a verdict.
-    assert len(non_blank - taken) <= 1
+    non_blank = [n for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    assert verdict_lines(text) == non_blank
