@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test check lint typecheck bench clean zbar migrate
+.PHONY: setup demo test explore check lint typecheck bench clean zbar migrate
 
 setup: $(STAMP) zbar migrate
 
@@ -24,8 +24,17 @@ demo: setup
 	$(BIN)/cardbot demo
 
 # Two workers: most end-to-end time is spent waiting on bot processes and databases.
+# Hypothesis runs derandomized here (the "replay" profile, tests/conftest.py). pytest exits 5
+# when it collected no test at all: that is a failure too, said in words.
 test: setup
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile; status=$$?; \
+	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
+	exit $$status
+
+# Hypothesis searching for new failures: fresh random examples, many more of them, saved to
+# .hypothesis/ (which `make test` then replays). Turn each one found into an @example.
+explore: setup
+	CARDBOT_HYPOTHESIS_PROFILE=explore $(BIN)/python -m pytest -q -n 2 --dist loadfile -m hypothesis
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -13,6 +13,17 @@ Storage (any test that needs a real database):
   SQLite only: ``@pytest.mark.parametrize("uow_factory", ["sqlite"], indirect=True)``.
 - ``database`` — the same backends with *no* tables (``.engine``, ``.url``, ``.backend``,
   ``.sqlite_path``), for migration tests; ``indirect`` parametrisation works the same way.
+
+Hypothesis runs one of two profiles, chosen by ``CARDBOT_HYPOTHESIS_PROFILE``:
+
+- ``replay`` (the default: ``make test``, CI, a plain ``pytest``) is derandomized: every run
+  tries the same examples, so the suite goes red only for a change that broke something. It
+  first replays what the example database under ``.hypothesis/`` holds (read-only: it never
+  adds to it), so a failure ``make explore`` found keeps failing here until it is fixed.
+- ``explore`` (``make explore``) searches: fresh random examples, more of them, and whatever
+  fails is saved to that database. Each failure it finds becomes an ``@example`` on its test.
+
+Neither has a deadline or the too-slow health check: a busy machine is not a failing test.
 """
 
 from __future__ import annotations
@@ -28,6 +39,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis.database import DirectoryBasedExampleDatabase, ReadOnlyDatabase
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -37,6 +50,26 @@ from storage.db import SqlAlchemyUnitOfWorkFactory, make_engine
 from storage.tables import metadata
 
 TEST_DATABASE_URL_ENV = "CARDBOT_TEST_DATABASE_URL"
+
+HYPOTHESIS_PROFILE_ENV = "CARDBOT_HYPOTHESIS_PROFILE"
+EXAMPLE_DATABASE = Path(__file__).resolve().parents[1] / ".hypothesis" / "examples"
+_UNTIMED = settings(deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow])
+# derandomize=True alone would switch the database off; set after it, the database is replayed.
+settings.register_profile(
+    "replay",
+    settings(
+        settings(_UNTIMED, derandomize=True),
+        database=ReadOnlyDatabase(DirectoryBasedExampleDatabase(EXAMPLE_DATABASE)),
+    ),
+)
+settings.register_profile(
+    "explore",
+    _UNTIMED,
+    derandomize=False,
+    max_examples=2_000,
+    database=DirectoryBasedExampleDatabase(EXAMPLE_DATABASE),
+)
+settings.load_profile(os.environ.get(HYPOTHESIS_PROFILE_ENV, "replay"))
 
 STORAGE_BACKENDS = [
     pytest.param("sqlite", id="sqlite"),
