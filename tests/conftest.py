@@ -126,7 +126,11 @@ def _empty_postgres_tables(connection: Connection) -> None:
     connection.execute(
         text(
             "SELECT setval(s.seq::regclass, 1, false) FROM ("
-            "  SELECT pg_get_serial_sequence(quote_ident(c.table_name), c.column_name) AS seq"
+            # Schema-qualified: the planner may call this on other schemas' rows before the
+            # WHERE drops them, and a table only another schema has must not fail it.
+            "  SELECT pg_get_serial_sequence("
+            "    quote_ident(c.table_schema) || '.' || quote_ident(c.table_name), c.column_name"
+            "  ) AS seq"
             "  FROM information_schema.columns c"
             "  WHERE c.table_schema = current_schema() AND c.column_default LIKE 'nextval(%'"
             ") s WHERE s.seq IS NOT NULL"
