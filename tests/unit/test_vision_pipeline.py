@@ -150,10 +150,13 @@ def test_hard_card_photo_reads_the_card_number(reader: PyzbarCardReader, shot: S
     assert texts(reading) == [CARD_NUMBER]
 
 
-def test_12_megapixel_photo_is_read_within_the_default_budget_on_cpu_time() -> None:
+def test_12_megapixel_photo_is_read_by_the_plain_pass_alone() -> None:
+    # The cheapest stage, on the downscaled copy: what keeps a big photo inside the production
+    # budget. How many milliseconds that takes is a figure for bench/vision.py --synthetic.
     photo = render_hard_card_photo(CARD_NUMBER, Shot(canvas=(4000, 3000), card_width_px=2600))
+    plain_pass_only = PyzbarCardReader(budget_ms=UNHURRIED_MS, ocr=None, crops=(), cascade=())
 
-    reading = PyzbarCardReader(ocr=None).read_sync(photo)
+    reading = plain_pass_only.read_sync(photo)
 
     assert texts(reading) == [CARD_NUMBER]
 
