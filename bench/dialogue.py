@@ -1,5 +1,14 @@
 """Whole sales through the console channel on SQLite, without the photo step: messages per
-second and p50/p95 latency per message and per sale. A benchmark: it prints numbers."""
+second and p50/p95 latency per message and per sale. A benchmark: it prints numbers.
+
+Its premise: every sale is a whole sale, settled. Each simulated seller is a person of their
+own (own resident ID, phone and Alipay account) selling at most ``SALES_PER_SELLER`` cards of
+¥500, so no risk rule (shared identity, velocity, new account, daily amount) holds one for
+review. When a sale does not settle anyway, the run stops with ``PREMISE FAILED``, how the
+sales ended and the risk reasons (exit 2), and prints no figures.
+
+    .venv/bin/python bench/dialogue.py [--sales 200] [--json]
+"""
 
 from __future__ import annotations
 
@@ -15,12 +24,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.premise import require_all_settled, seller_id_number, seller_phone
 from bot.app import build_app
 from bot.console import ConsoleChannel
 from bot.settings import Settings
 from core.catalog import default_catalog, luhn_check_digit
 
 BRAND, PREFIX = "walmart", "23260817"
+# Below the velocity rule (more than 10 cards in 30 minutes) and the level-1 daily amount.
+SALES_PER_SELLER = 5
 
 
 def make_cards(path: Path, n: int) -> list[tuple[str, str]]:
@@ -63,19 +75,19 @@ async def run(sales: int) -> dict[str, float]:
     started = time.perf_counter()
     try:
         for i, (number, secret) in enumerate(cards):
+            seller, first_sale = i // SALES_PER_SELLER, i % SALES_PER_SELLER == 0
             channel = ConsoleChannel(
-                app.conversation, user_id=f"bench-{i % 20}", write=lambda _: None
+                app.conversation, user_id=f"bench-{seller}", write=lambda _: None
             )
-            first_sale = i < 20
             script = ["/sell", number, secret, "1"]
             script += (
                 [
                     "1",
                     "张伟",
-                    "11010519491231002X",
-                    "13800138000",
+                    seller_id_number(seller),
+                    seller_phone(seller),
                     "1",
-                    f"seller{i % 20}@example.com",
+                    f"seller{seller}@example.com",
                     "1",
                 ]
                 if first_sale
@@ -89,11 +101,11 @@ async def run(sales: int) -> dict[str, float]:
             per_sale.append((time.perf_counter() - sale_start) * 1000)
         elapsed = time.perf_counter() - started
         async with app.uow_factory() as uow:
-            settled = sum(
-                1 for o in await uow.orders.recent(limit=sales * 2) if o.status.value == "settled"
-            )
+            orders = await uow.orders.recent(limit=sales * 2)
     finally:
         await app.close()
+    require_all_settled(orders, sales)
+    settled = sum(1 for o in orders if o.status.value == "settled")
     return {
         "sales": sales,
         "settled": settled,
