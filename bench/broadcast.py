@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sqlalchemy import insert
 
+from bench.premise import require
 from core import broadcast as bc
 from core.broadcast import Audience, AudienceKind, BroadcastRequest, BroadcastState
 from storage.db import SqlAlchemyUnitOfWorkFactory
@@ -332,6 +333,12 @@ def main() -> int:
             margin=args.margin,
         )
     )
+    # The premise: the scenario happened as described (every recipient has a row, the flood
+    # window opened, the kill came while sends were going out); else the figures mean nothing.
+    total = sum(result["delivery_states"].values())
+    require(total == args.recipients, f"{total} delivery rows for {args.recipients} recipients")
+    require(result["flood_windows"] >= 1, "the server never flooded: no 429 was exercised")
+    require(result["restart_seconds"] > 0, "the bot was not killed and restarted mid-broadcast")
     problems = verdict(result)
     result["within_5_pct"] = result["achieved_vs_allowed_pct"] >= 95.0
     if args.json:

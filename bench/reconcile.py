@@ -17,6 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.premise import require
 from core import ledger
 from core.model import (
     Card,
@@ -74,7 +75,8 @@ def bench_core(n: int) -> dict[str, float]:
         )
     )
     differences = outcome[0].differences  # type: ignore[attr-defined]
-    assert len(differences) == 1, differences  # the dropped first row, nothing else
+    # The premise: the statement lacks exactly its first row, and reconcile finds that alone.
+    require(len(differences) == 1, f"expected the one dropped row, found {differences}")
     return results
 
 
@@ -159,7 +161,10 @@ async def bench_storage(n: int) -> dict[str, float]:
                 )
                 txns = await uow.ledger.for_orders([p.order_id for p, _ in found])
             load_day_ms = (time.perf_counter() - start) * 1000
-            assert len(found) == n and len(txns) == 2 * n
+            require(
+                len(found) == n and len(txns) == 2 * n,
+                f"loaded {len(found)} payouts and {len(txns)} ledger transactions of {n} orders",
+            )
         finally:
             await factory.dispose()
     return {"setup_ms": setup_ms, "load_all_ms": load_all_ms, "load_day_by_ref_ms": load_day_ms}

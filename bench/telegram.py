@@ -25,19 +25,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.dialogue import make_cards, percentile
+from bench.dialogue import SALES_PER_SELLER, make_cards, percentile
+from bench.premise import require, require_all_settled, seller_id_number, seller_phone
 from bot.app import build_app
 from bot.runtime import RunOptions
 from bot.settings import Settings
 from bot.telegram import build_runner
-from core.identity import id_check_character
 from tests.telegram_api import TOKEN, FakeTelegram, User
-
-
-def id_number(n: int) -> str:
-    """A distinct valid resident ID per seller (one person per ID, as the risk rules expect)."""
-    body = f"110105198001{n % 28 + 1:02d}{n // 28 % 1000:03d}"
-    return body + id_check_character(body)
 
 
 async def run(users: int, sales_per_user: int, real_limits: bool) -> dict[str, Any]:
@@ -82,7 +76,7 @@ async def run(users: int, sales_per_user: int, real_limits: bool) -> dict[str, A
             await say(tg.press(user, "quote.accept"))
             if k == 0:
                 await say(tg.press(user, "consent.yes"))
-                for text in ("张伟", id_number(n), f"1380013{n:04d}"):
+                for text in ("张伟", seller_id_number(n), seller_phone(n)):
                     await say(tg.text_update(user, text))
                 await say(tg.press(user, "method.alipay"))
                 await say(tg.text_update(user, f"seller{n}@example.com"))
@@ -97,7 +91,6 @@ async def run(users: int, sales_per_user: int, real_limits: bool) -> dict[str, A
         elapsed = time.perf_counter() - started
         async with app.uow_factory() as uow:
             orders = await uow.orders.recent(limit=users * sales_per_user * 2)
-        settled = sum(1 for o in orders if o.status.value == "settled")
     finally:
         stop.set()
         with contextlib.suppress(Exception):
@@ -105,6 +98,8 @@ async def run(users: int, sales_per_user: int, real_limits: bool) -> dict[str, A
         await runner.aclose()
         await app.close()
         await tg.close()
+    require_all_settled(orders, users * sales_per_user)
+    settled = sum(1 for o in orders if o.status.value == "settled")
     sent = len(tg.sends())
     return {
         "users": users,
@@ -128,6 +123,10 @@ def main() -> int:
     parser.add_argument("--real-limits", action="store_true")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    require(
+        args.sales_per_user <= SALES_PER_SELLER,
+        f"more than {SALES_PER_SELLER} sales per seller would be held by the velocity rule",
+    )
     result = asyncio.run(run(args.users, args.sales_per_user, args.real_limits))
     if args.json:
         print(json.dumps(result))
