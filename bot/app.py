@@ -23,7 +23,7 @@ from handlers.sell import sell_flow
 from storage.crypto import load_vault
 from storage.db import SqlAlchemyUnitOfWorkFactory, is_sqlite
 from storage.migrate import upgrade_async
-from vision.reader import PyzbarCardReader
+from vision.reader import DEFAULT_BUDGET_MS, PyzbarCardReader
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +63,10 @@ def load_risk_policy(path: Path) -> RiskPolicy:
         raise ConfigError(f"risk rules {path}: {exc}") from None
 
 
-def card_reader(catalog: Catalog) -> PyzbarCardReader:
+def card_reader(catalog: Catalog, budget_ms: float = DEFAULT_BUDGET_MS) -> PyzbarCardReader:
     """The photo reader, searching a photo until it finds a code the catalog takes for a card
     number: a shop's QR code or a product barcode beside it is reported, not an answer."""
-    return PyzbarCardReader(is_card_number=catalog.recognises)
+    return PyzbarCardReader(budget_ms=budget_ms, is_card_number=catalog.recognises)
 
 
 def _warmed_reader(catalog: Catalog) -> PyzbarCardReader:
