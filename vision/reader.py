@@ -4,7 +4,8 @@ Pipeline, under one deadline for the whole reading (``DEFAULT_BUDGET_MS`` of CPU
 at ``DEFAULT_WALL_CAP_MS`` of wall-clock time):
 
 1. decode the bytes (EXIF-upright, grayscale, long side ≤ 1600 px);
-2. both engines on the plain picture: the cheap path, where most photos end;
+2. both engines on the plain picture: the cheap path, where most photos end; then zxing-cpp
+   alone on the photo as decoded, when that is larger (small codes in chat screenshots);
 3. exposure/focus measures and candidate regions (``vision.locate``); a photo with nothing busy
    in it stops here (fail fast). When OCR is installed and print would be legible, OCR's
    predicted cost (at most ``OCR_SHARE`` of the deadline) is held back from the next stages;
@@ -13,7 +14,8 @@ at ``DEFAULT_WALL_CAP_MS`` of wall-clock time):
    zxing-cpp found but could not decode resampled through a locally corrected grid
    (``vision.warpqr``: cloth, curved packs), then whole-photo variants, most useful first,
    until a conclusive read or the deadline;
-5. OCR of the printed number, when no read is sure (fallback and confirmation);
+5. OCR of the printed number, when no read can be the card's number or one is unsure
+   (fallback and confirmation);
 6. photo-quality hints if nothing was read.
 
 Trust rule (what keeps misreads out):
@@ -28,11 +30,18 @@ Trust rule (what keeps misreads out):
    (plain, rescaled, equalised, negative) or when a second variant confirms it, and in both
    cases only if one variant decoded it on at least ``UNCHECKED_MIN_LINES`` scan lines: stray
    text and partial ITF scans parse on one to four lines, real bars on dozens.
-3. A read is *conclusive* (the cascade stops) when it is accepted and is a QR code or was
+3. A read is *sure* when it is accepted and is a QR code, was read by both engines, or was
    decoded on at least ``STRONG_LINES`` scan lines of one variant. Blurred EAN photos do yield
    check-digit-valid misreads, but only on a few lines; those do not stop the search for better.
-4. The result lists accepted reads: conclusive first, then self-checking, then by scan-line
-   support. A read that is not conclusive is dropped when a better read of the same family
+   A sure read is *conclusive* (the cascade stops) when it can be a card number by the caller's
+   test (``is_card_number``: the catalog's, in the bot): a shop's mini-program QR code beside a
+   worn card-number barcode is reported, never the end of the search.
+4. A conclusive 1-D read of digits has the print under its bars read (``vision.printed``, when
+   OCR is installed and print legible): legible digits there that clearly spell another number
+   make the read untrusted. It is dropped, the search goes on, and the print is reported as
+   digits: the bars were read right, but they are not the number the card shows.
+5. The result lists accepted reads: conclusive first, then sure, then self-checking, then by
+   scan-line support. A read that is not sure is dropped when a better read of the same family
    (EAN/UPC are one family) is listed: it is almost always a partial or misread scan of that
    same barcode.
 """
@@ -98,6 +107,13 @@ HINTS_RESERVE_MS: Final = 10.0  # the photo-quality measures run after the casca
 # What reading the print under a barcode's bars may cost: text detection in a small window and
 # recognition of one line, on one core (~25 ms); more lines would be the card's fine print.
 PRINT_CHECK_MS: Final = 40.0
+# zxing-cpp alone on the photo as decoded, when that is larger than the plain pass's copy: small,
+# heavily compressed codes in chat screenshots (a 1080 x 2340 screenshot, 1-2 px modules) lose
+# their bars in any downscaled copy, and zxing-cpp reads them at full size in ~6 ms. Up to this
+# many pixels (a 1440 x 3200 screenshot; a 12 Mpx JPEG is decoded at 3 Mpx), with this much of
+# the deadline left (~20 ms at the cap on one core).
+FULL_RESOLUTION_MAX_PIXELS: Final = 6_000_000
+FULL_RESOLUTION_MS: Final = 25.0
 # What resampling a bent QR code costs at most (one symbol of up to 41 modules, two lattices,
 # on one core); the step runs only with this much of the deadline left.
 QR_RESAMPLE_MS: Final = 80.0
@@ -410,9 +426,16 @@ class _Collector:
         # Digits printed under bars that they contradicted: the card's number, most likely.
         self.printed: list[str] = []
 
-    def add(self, image: Image.Image, variant: str, aggressive: bool, crop: bool = False) -> None:
-        by_zbar = engines.zbar(image)
+    def add(
+        self,
+        image: Image.Image,
+        variant: str,
+        aggressive: bool,
+        crop: bool = False,
+        zbar: bool = True,
+    ) -> None:
         by_zxing = engines.zxing(image)
+        by_zbar = engines.zbar(image) if zbar else []
         for found in [*by_zxing, *by_zbar]:
             if not symbols.plausible(found.symbology, found.text):
                 continue
@@ -709,6 +732,16 @@ class PyzbarCardReader:
         ocr = self.ocr if text_legible else None
         if _settled(collector, ocr, budget):
             return _reading(collector.accepted())
+        decoded = photo.decoded
+        if (
+            decoded is not None
+            and max(decoded.size) > max(work.size)
+            and _pixels(decoded) <= FULL_RESOLUTION_MAX_PIXELS
+            and budget.remaining_ms() >= FULL_RESOLUTION_MS
+        ):
+            collector.add(decoded, "full_resolution", aggressive=False, zbar=False)
+            if _settled(collector, ocr, budget):
+                return _reading(collector.accepted())
         if measures is None:
             measures = measure(work)
 

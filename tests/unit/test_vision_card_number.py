@@ -254,3 +254,52 @@ def test_printed_runs_contradict_a_read_only_when_they_clearly_spell_another_num
     runs: tuple[str, ...], contradicted: bool
 ) -> None:
     assert printed.contradicts(WALMART, runs) is contradicted
+
+
+# --------------------------------------------------------------------------------------------
+# A small, heavily compressed card barcode in a chat screenshot
+
+
+def chat_screenshot(number: str, module_px: int = 1, quality: int = 50) -> bytes:
+    """A phone screenshot (1080 x 2340) of a chat whose card picture has a small Code 128."""
+    import io
+
+    import barcode
+    from barcode.writer import ImageWriter
+    from PIL import ImageDraw
+
+    code = barcode.Code128(number, writer=ImageWriter())
+    modules = len(code.build()[0]) + 20
+    bars = code.render(
+        writer_options={
+            "module_width": 1,
+            "module_height": 10,
+            "quiet_zone": 10,
+            "write_text": False,
+            "margin_top": 0,
+            "margin_bottom": 0,
+        }
+    )
+    bars = bars.convert("RGB").resize(
+        (modules * module_px, 30 * module_px), Image.Resampling.NEAREST
+    )
+    screen = Image.new("RGB", (1080, 2340), (237, 237, 237))
+    draw = ImageDraw.Draw(screen)
+    for top in range(150, 2200, 180):
+        draw.rounded_rectangle((40, top, 900, top + 140), 20, fill=(255, 255, 255))
+        draw.text((70, top + 40), "message 12:30", fill=(30, 30, 30))
+    card = Image.new("RGB", (bars.width + 80, bars.height + 120), (255, 250, 240))
+    card.paste(bars, (40, 40))
+    screen.paste(card, (200, 1100))
+    out = io.BytesIO()
+    screen.save(out, "JPEG", quality=quality)
+    return out.getvalue()
+
+
+def test_a_small_compressed_barcode_in_a_chat_screenshot_reads_at_full_resolution() -> None:
+    # One-pixel modules: every downscaled copy the cascade works on has lost the bars.
+    reader = PyzbarCardReader(budget_ms=UNHURRIED_MS, ocr=None, is_card_number=is_card_number)
+
+    reading = reader.read_sync(chat_screenshot(WALMART))
+
+    assert texts(reading) == [WALMART]
