@@ -11,7 +11,7 @@ from bot.sandbox.issuer import SandboxCardIssuer
 from bot.sandbox.kyc import SandboxKycProvider
 from bot.sandbox.payouts import SandboxPayoutGateway
 from bot.settings import Settings
-from core.catalog import default_catalog
+from core.catalog import Catalog, default_catalog
 from core.ports import CardIssuer, CardReader, Clock, KycProvider, PayoutGateway
 from core.pricing import default_pricing
 from core.risk import RiskPolicy, RiskRulesError, parse_policy
@@ -23,7 +23,7 @@ from handlers.sell import sell_flow
 from storage.crypto import load_vault
 from storage.db import SqlAlchemyUnitOfWorkFactory, is_sqlite
 from storage.migrate import upgrade_async
-from vision.reader import PyzbarCardReader
+from vision.reader import DEFAULT_BUDGET_MS, PyzbarCardReader
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +63,15 @@ def load_risk_policy(path: Path) -> RiskPolicy:
         raise ConfigError(f"risk rules {path}: {exc}") from None
 
 
-def _warmed_reader() -> PyzbarCardReader:
+def card_reader(catalog: Catalog, budget_ms: float = DEFAULT_BUDGET_MS) -> PyzbarCardReader:
+    """The photo reader, searching a photo until it finds a code the catalog takes for a card
+    number: a shop's QR code or a product barcode beside it is reported, not an answer."""
+    return PyzbarCardReader(budget_ms=budget_ms, is_card_number=catalog.recognises)
+
+
+def _warmed_reader(catalog: Catalog) -> PyzbarCardReader:
     """The photo reader, its OCR models loading on a background thread (start-up goes on)."""
-    reader = PyzbarCardReader()
+    reader = card_reader(catalog)
     reader.warm_up_in_background()
     return reader
 
@@ -117,7 +123,7 @@ async def build_app(
             kyc=kyc or SandboxKycProvider(),
             settlement=SettlementPolicy(settings.settlement, settings.settlement_batch_hour),
         ),
-        reader=reader or _warmed_reader(),
+        reader=reader or _warmed_reader(catalog),
         uow_factory=uow_factory,
         desk=settings.desk_policy,
     )

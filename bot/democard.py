@@ -22,6 +22,7 @@ from pathlib import Path
 import barcode
 import barcode.writer
 import numpy as np
+import zxingcpp
 from barcode.writer import ImageWriter
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
@@ -119,16 +120,33 @@ class Shot:
 
 
 def render_hard_card_photo(
-    number: str, shot: Shot, *, brand_name: str = "沃尔玛", face_value_text: str = "¥500.00"
+    number: str,
+    shot: Shot,
+    *,
+    brand_name: str = "沃尔玛",
+    face_value_text: str = "¥500.00",
+    printed_number: str | None = None,
+    promo_qr: str | None = None,
+    bars_blur_px: float = 0.0,
 ) -> bytes:
     """A JPEG photo of a gift card taken as ``shot`` says; the barcode encodes ``number``.
 
     Unlike ``render_card_photo`` nothing here is random except the sensor noise (seeded), so a
-    test names exactly the hardship it exercises.
+    test names exactly the hardship it exercises. The card itself can be odd too: a different
+    number printed under the bars (``printed_number``: a relabelled card), a second QR code
+    beside the barcode (``promo_qr``: a shop's mini-program link, as many Chinese gift cards
+    carry), and worn bars (``bars_blur_px``: the barcode alone smudged, the rest crisp).
     """
     if not number or not all(32 <= ord(ch) < 127 for ch in number):
         raise ValueError("number must be non-empty printable ASCII (Code 128 set B)")
-    card = _draw_card(brand_name, number, face_value_text)
+    card = _draw_card(
+        brand_name,
+        number,
+        face_value_text,
+        printed_number=printed_number,
+        promo_qr=promo_qr,
+        bars_blur_px=bars_blur_px,
+    )
     photo = _shoot(card, shot)
     out = io.BytesIO()
     photo.save(out, format="JPEG", quality=shot.jpeg_quality)
@@ -182,7 +200,15 @@ def _shoot(card: Image.Image, shot: Shot) -> Image.Image:
 # -- the flat card --------------------------------------------------------------------------
 
 
-def _draw_card(brand_name: str, number: str, face_value_text: str) -> Image.Image:
+def _draw_card(
+    brand_name: str,
+    number: str,
+    face_value_text: str,
+    *,
+    printed_number: str | None = None,
+    promo_qr: str | None = None,
+    bars_blur_px: float = 0.0,
+) -> Image.Image:
     width, height = CARD_SIZE
     band_colour = _BAND_COLOURS[zlib.crc32(brand_name.encode("utf-8")) % len(_BAND_COLOURS)]
     card = Image.new("RGB", CARD_SIZE, (247, 245, 240))
@@ -216,13 +242,18 @@ def _draw_card(brand_name: str, number: str, face_value_text: str) -> Image.Imag
     )
 
     bars = _barcode_image(number, width - 2 * CARD_MARGIN)
+    if bars_blur_px > 0:
+        bars = bars.filter(ImageFilter.GaussianBlur(bars_blur_px))
     bars_top = band_height + 80
     card.paste(bars, ((width - bars.width) // 2, bars_top))
+    if promo_qr is not None:
+        qr = _qr_image(promo_qr, BARCODE_HEIGHT)
+        card.paste(qr, (width - CARD_MARGIN // 2 - qr.width, bars_top))
 
     # Cards print long digit runs in groups of four; other codes as they are.
-    printed = number
-    if number.isdigit():
-        printed = " ".join(number[i : i + 4] for i in range(0, len(number), 4))
+    printed = number if printed_number is None else printed_number
+    if printed.isdigit():
+        printed = " ".join(printed[i : i + 4] for i in range(0, len(printed), 4))
     draw.text(
         (width // 2, bars_top + bars.height + 16),
         printed,
@@ -271,6 +302,17 @@ def _barcode_image(number: str, max_width: int) -> Image.Image:
     return bars.convert("RGB").resize(
         (modules * module_px, BARCODE_HEIGHT), Image.Resampling.NEAREST
     )
+
+
+def _qr_image(text: str, side: int) -> Image.Image:
+    """A QR code of ``text`` with a two-module quiet zone, ``side`` pixels square at most."""
+    symbol = zxingcpp.create_barcode(text, zxingcpp.BarcodeFormat.QRCode, ec_level="M")
+    modules = np.asarray(symbol.to_image(scale=1), dtype=np.uint8)
+    quiet = np.pad(modules, 2, constant_values=255)
+    scale = max(1, side // quiet.shape[0])
+    size = quiet.shape[0] * scale
+    picture = Image.fromarray(quiet).resize((size, size), Image.Resampling.NEAREST)
+    return picture.convert("RGB")
 
 
 # -- fonts ----------------------------------------------------------------------------------

@@ -167,6 +167,11 @@ class Catalog:
                 return brand
         raise CardNotRecognised()
 
+    def recognises(self, number: str) -> bool:
+        """Whether some brand's prefix, length and check digit fit this number (no raise)."""
+        normalised = normalize_card_number(number)
+        return any(brand.fits(normalised) for brand in self._brands.values())
+
     def validate_secret(self, brand: Brand, text: str) -> str:
         """The normalised secret; WrongSecret("error.secret_format") when it is malformed."""
         if not brand.has_secret:

@@ -38,6 +38,9 @@ class Decode:
     text: str
     lines: int  # zbar: scan lines that agreed; zxing: 0 (it requires agreeing lines itself)
     box: Box
+    # How far the symbol is turned in the picture, in clockwise quarter turns: 0 upright (its
+    # printed text, if any, below the bars), 1 read top to bottom, 2 upside down, 3 bottom up.
+    quarter: int = 0
 
     def overlaps(self, other: Decode) -> bool:
         """Whether the two decodes' boxes intersect (the same printed symbol, most likely)."""
@@ -63,9 +66,13 @@ def zbar(image: Image.Image) -> list[Decode]:
             oriented = pixels if along_rows else pixels.T
             if inside_longer_symbol(oriented, box, along_rows, symbology):
                 continue
-        found.append(Decode(ZBAR, symbology, text, max(1, int(result.quality)), box))
+        quarter = _ZBAR_QUARTERS.get(str(result.orientation), 0)
+        found.append(Decode(ZBAR, symbology, text, max(1, int(result.quality)), box, quarter))
     return found
 
+
+# zbar's orientation names (``ZBAR_ORIENT_*``) as clockwise quarter turns of the symbol.
+_ZBAR_QUARTERS: Final = {"UP": 0, "RIGHT": 1, "DOWN": 2, "LEFT": 3}
 
 # Bars and spaces of the short symbols: UPC-E 3 + 6×4 + 6 = 33, EAN-8 3 + 4×4 + 5 + 4×4 + 3 =
 # 43. The left half of an EAN-13 or UPC-A (guard, six digits, the middle guard) parses as a
@@ -169,5 +176,8 @@ def zxing(image: Image.Image) -> list[Decode]:
         )
         xs = [float(point.x) for point in corners]
         ys = [float(point.y) for point in corners]
-        found.append(Decode(ZXING, symbology, text, 0, (min(xs), min(ys), max(xs), max(ys))))
+        box = (min(xs), min(ys), max(xs), max(ys))
+        # zxing-cpp's orientation is the symbol's clockwise turn in degrees.
+        quarter = round(float(result.orientation) / 90) % 4
+        found.append(Decode(ZXING, symbology, text, 0, box, quarter))
     return found

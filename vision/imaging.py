@@ -53,6 +53,9 @@ class Photo:
 
     gray: Image.Image
     original_size: tuple[int, int]  # (width, height) after EXIF rotation, before downscaling
+    # The upright grayscale picture as decoded, before ``max_side`` (a JPEG may have been
+    # decoded at a power-of-two reduction already): small print in a big screenshot.
+    decoded: Image.Image | None = None
 
 
 def load_photo(data: bytes, max_side: int) -> Photo:
@@ -93,7 +96,7 @@ def load_photo(data: bytes, max_side: int) -> Photo:
     # Report the size the sender took (before any draft reduction), turned upright.
     turned = upright.size != stored_size
     original_size = (height, width) if turned else (width, height)
-    return Photo(gray=fit(gray, max_side), original_size=original_size)
+    return Photo(gray=fit(gray, max_side), original_size=original_size, decoded=gray)
 
 
 def _exif_upright(image: Image.Image) -> Image.Image:

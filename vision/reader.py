@@ -4,7 +4,8 @@ Pipeline, under one deadline for the whole reading (``DEFAULT_BUDGET_MS`` of CPU
 at ``DEFAULT_WALL_CAP_MS`` of wall-clock time):
 
 1. decode the bytes (EXIF-upright, grayscale, long side ≤ 1600 px);
-2. both engines on the plain picture: the cheap path, where most photos end;
+2. both engines on the plain picture: the cheap path, where most photos end; then zxing-cpp
+   alone on the photo as decoded, when that is larger (small codes in chat screenshots);
 3. exposure/focus measures and candidate regions (``vision.locate``); a photo with nothing busy
    in it stops here (fail fast). When OCR is installed and print would be legible, OCR's
    predicted cost (at most ``OCR_SHARE`` of the deadline) is held back from the next stages;
@@ -13,7 +14,8 @@ at ``DEFAULT_WALL_CAP_MS`` of wall-clock time):
    zxing-cpp found but could not decode resampled through a locally corrected grid
    (``vision.warpqr``: cloth, curved packs), then whole-photo variants, most useful first,
    until a conclusive read or the deadline;
-5. OCR of the printed number, when no read is sure (fallback and confirmation);
+5. OCR of the printed number, when no read can be the card's number or one is unsure
+   (fallback and confirmation);
 6. photo-quality hints if nothing was read.
 
 Trust rule (what keeps misreads out):
@@ -28,11 +30,18 @@ Trust rule (what keeps misreads out):
    (plain, rescaled, equalised, negative) or when a second variant confirms it, and in both
    cases only if one variant decoded it on at least ``UNCHECKED_MIN_LINES`` scan lines: stray
    text and partial ITF scans parse on one to four lines, real bars on dozens.
-3. A read is *conclusive* (the cascade stops) when it is accepted and is a QR code or was
+3. A read is *sure* when it is accepted and is a QR code, was read by both engines, or was
    decoded on at least ``STRONG_LINES`` scan lines of one variant. Blurred EAN photos do yield
    check-digit-valid misreads, but only on a few lines; those do not stop the search for better.
-4. The result lists accepted reads: conclusive first, then self-checking, then by scan-line
-   support. A read that is not conclusive is dropped when a better read of the same family
+   A sure read is *conclusive* (the cascade stops) when it can be a card number by the caller's
+   test (``is_card_number``: the catalog's, in the bot): a shop's mini-program QR code beside a
+   worn card-number barcode is reported, never the end of the search.
+4. A conclusive 1-D read of digits has the print under its bars read (``vision.printed``, when
+   OCR is installed and print legible): legible digits there that clearly spell another number
+   make the read untrusted. It is dropped, the search goes on, and the print is reported as
+   digits: the bars were read right, but they are not the number the card shows.
+5. The result lists accepted reads: conclusive first, then sure, then self-checking, then by
+   scan-line support. A read that is not sure is dropped when a better read of the same family
    (EAN/UPC are one family) is listed: it is almost always a partial or misread scan of that
    same barcode.
 """
@@ -52,7 +61,8 @@ from typing import Final, Literal, cast
 from PIL import Image
 
 from core.ports import Barcode, CardReading
-from vision import engines, imaging, symbols, warpqr
+from vision import engines, imaging, printed, symbols, warpqr
+from vision.engines import Box
 from vision.locate import MARGIN_ACROSS, MARGIN_ALONG, Layout, Region, locate
 from vision.ocr import DigitReader, load_ocr
 from vision.quality import legible, measure, photo_hints
@@ -94,15 +104,26 @@ UNCHECKED_MIN_LINES: Final = 5
 # predictions use the worst rate seen so far times this margin.
 COST_MARGIN: Final = 1.25
 HINTS_RESERVE_MS: Final = 10.0  # the photo-quality measures run after the cascade
+# What reading the print under a barcode's bars may cost: text detection in a small window and
+# recognition of one line, on one core (~25 ms); more lines would be the card's fine print.
+PRINT_CHECK_MS: Final = 40.0
+# zxing-cpp alone on the photo as decoded, when that is larger than the plain pass's copy: small,
+# heavily compressed codes in chat screenshots (a 1080 x 2340 screenshot, 1-2 px modules) lose
+# their bars in any downscaled copy, and zxing-cpp reads them at full size in ~6 ms. Up to this
+# many pixels (a 1440 x 3200 screenshot; a 12 Mpx JPEG is decoded at 3 Mpx), with this much of
+# the deadline left (~20 ms at the cap on one core).
+FULL_RESOLUTION_MAX_PIXELS: Final = 6_000_000
+FULL_RESOLUTION_MS: Final = 25.0
 # What resampling a bent QR code costs at most (one symbol of up to 41 modules, two lattices,
 # on one core); the step runs only with this much of the deadline left.
 QR_RESAMPLE_MS: Final = 80.0
 
+_EAN_UPC: Final = "EAN/UPC"
 _FAMILY: Final = {
-    symbols.EAN13: "EAN/UPC",
-    symbols.EAN8: "EAN/UPC",
-    symbols.UPCA: "EAN/UPC",
-    symbols.UPCE: "EAN/UPC",
+    symbols.EAN13: _EAN_UPC,
+    symbols.EAN8: _EAN_UPC,
+    symbols.UPCA: _EAN_UPC,
+    symbols.UPCE: _EAN_UPC,
 }
 
 
@@ -293,6 +314,13 @@ class _Evidence:
     zxing_gentle: bool = False  # zxing-cpp read it from a gentle variant
     engines: set[str] = field(default_factory=set)
     seen_in: list[str] = field(default_factory=list)  # variant names, in cascade order
+    card_like: bool = True  # the caller's test: this text can be a card number
+    # Where it was decoded (picture, box, clockwise quarter turns), for the print under the
+    # bars; a whole-photo view is preferred to a crop, which holds little beside the bars.
+    where: tuple[Image.Image, Box, int] | None = None
+    where_is_crop: bool = False
+    print_checked: bool = False
+    contradicted: bool = False  # legible digits printed under the bars say something else
 
     @property
     def variants(self) -> int:
@@ -308,6 +336,8 @@ class _Evidence:
 
     @property
     def accepted(self) -> bool:
+        if self.contradicted:
+            return False
         if self.both_engines:
             return True
         if self.weak_short_read:
@@ -336,7 +366,8 @@ class _Evidence:
         )
 
     @property
-    def conclusive(self) -> bool:
+    def sure(self) -> bool:
+        """Accepted, and a QR code or a read too well supported to be a misread."""
         if not self.accepted:
             return False
         return (
@@ -346,9 +377,27 @@ class _Evidence:
         )
 
     @property
+    def conclusive(self) -> bool:
+        """Sure, and something a card number can be: only such a read ends the search (a
+        shop's QR code beside a card number that did not read yet is reported, not an end)."""
+        return self.sure and self.card_like
+
+    @property
+    def print_checkable(self) -> bool:
+        """A conclusive 1-D read of digits whose print under the bars is still to be read."""
+        return (
+            self.conclusive
+            and not self.print_checked
+            and self.where is not None
+            and self.symbology != symbols.QRCODE
+            and self.text.isascii()
+            and self.text.isdigit()
+        )
+
+    @property
     def unconfirmed(self) -> bool:
         """Accepted on one engine's word, from aggressive variants only, on few scan lines."""
-        return self.accepted and not self.conclusive and not self.gentle
+        return self.accepted and not self.sure and not self.gentle
 
     @property
     def family(self) -> str:
@@ -361,15 +410,32 @@ _SHORT_SYMBOLS: Final = frozenset({symbols.EAN8, symbols.UPCE})
 _ZXING_SPELLS_BETTER: Final = frozenset({symbols.QRCODE, symbols.CODE39, symbols.CODE128})
 
 
+CardNumberTest = Callable[[str], bool]
+
+
+def _anything(text: str) -> bool:
+    return True
+
+
 class _Collector:
     """Accumulates decodes across variants and engines and applies the trust rule."""
 
-    def __init__(self) -> None:
+    def __init__(self, is_card_number: CardNumberTest = _anything) -> None:
         self._seen: dict[tuple[str, str], _Evidence] = {}
+        self._is_card_number = is_card_number
+        # Digits printed under bars that they contradicted: the card's number, most likely.
+        self.printed: list[str] = []
 
-    def add(self, image: Image.Image, variant: str, aggressive: bool) -> None:
-        by_zbar = engines.zbar(image)
+    def add(
+        self,
+        image: Image.Image,
+        variant: str,
+        aggressive: bool,
+        crop: bool = False,
+        zbar: bool = True,
+    ) -> None:
         by_zxing = engines.zxing(image)
+        by_zbar = engines.zbar(image) if zbar else []
         for found in [*by_zxing, *by_zbar]:
             if not symbols.plausible(found.symbology, found.text):
                 continue
@@ -383,7 +449,11 @@ class _Collector:
             evidence = self._seen.get(key)
             if evidence is None:
                 evidence = _Evidence(found.symbology, found.text, order=len(self._seen))
+                evidence.card_like = self._is_card_number(found.text)
                 self._seen[key] = evidence
+            if evidence.where is None or (evidence.where_is_crop and not crop):
+                evidence.where = (image, found.box, found.quarter)
+                evidence.where_is_crop = crop
             evidence.engines.add(found.engine)
             evidence.lines += found.lines
             evidence.best_lines = max(evidence.best_lines, found.lines)
@@ -419,12 +489,17 @@ class _Collector:
     def conclusive(self) -> bool:
         return any(e.conclusive for e in self._seen.values())
 
+    def print_checkable(self) -> list[_Evidence]:
+        """Conclusive 1-D reads whose print under the bars nobody has read yet."""
+        return [e for e in self._seen.values() if e.print_checkable]
+
     def accepted(self) -> list[_Evidence]:
         """Accepted reads, best first, without partial scans of a better-listed barcode."""
         ranked = sorted(
             (e for e in self._seen.values() if e.accepted),
             key=lambda e: (
                 not e.conclusive,
+                not e.sure,
                 not e.self_checking,
                 # A partial scan of an EAN-13/UPC-A can parse as the shorter EAN-8/UPC-E; the
                 # reverse cannot happen, so among unsure reads the long symbol is the barcode.
@@ -443,7 +518,7 @@ class _Collector:
                 evidence.text != longer and evidence.text in longer for longer in itf
             ):
                 continue
-            if not evidence.conclusive and any(k.family == evidence.family for k in kept):
+            if not evidence.sure and any(k.family == evidence.family for k in kept):
                 continue
             kept.append(evidence)
         return kept
@@ -513,12 +588,26 @@ class _Budget:
 
     def remaining_ms(self) -> float:
         """Milliseconds left for the current stage."""
-        cpu_left = self._budget_ms - (self._clock() - self._start) * 1000
+        cpu_left = self._budget_ms - self._cpu_spent_ms()
         wall_left = self._wall_cap_ms - self.elapsed_ms()
         return min(cpu_left, wall_left) - self.reserve_ms
 
     def spent(self) -> bool:
         return self.remaining_ms() <= 0
+
+    def within(self, cap_ms: float, released_ms: float = 0.0) -> Callable[[], float]:
+        """A deadline for one step: at most ``cap_ms`` from now, and never past the reading's
+        own, of which ``released_ms`` held back for later stages is given to this step."""
+        cap_end = self._cpu_spent_ms() + cap_ms
+
+        def remaining() -> float:
+            left = self.remaining_ms() + released_ms - HINTS_RESERVE_MS
+            return min(left, cap_end - self._cpu_spent_ms())
+
+        return remaining
+
+    def _cpu_spent_ms(self) -> float:
+        return (self._clock() - self._start) * 1000
 
     def affords(self, variant: Variant, pixels: float) -> bool:
         """Whether building and decoding this many pixels is predicted to fit the budget."""
@@ -531,7 +620,7 @@ class _Budget:
         """Build a variant and decode it, learning what a pixel costs."""
         began, wall_began = self._clock(), self._wall_clock()
         image = variant.transform(source)
-        collector.add(image, variant.name, variant.aggressive)
+        collector.add(image, variant.name, variant.aggressive, variant.is_crop)
         # On a busy machine a step takes longer in wall-clock time than in CPU time; pricing
         # by the slower of the two keeps the last step from overrunning the wall cap.
         if variant.fixed_ms is not None:
@@ -562,7 +651,11 @@ class PyzbarCardReader:
         ocr: DigitReader | Literal["auto"] | None = _AUTO,
         clock: Callable[[], float] = time.thread_time,
         wall_clock: Callable[[], float] = time.perf_counter,
+        is_card_number: CardNumberTest | None = None,
     ) -> None:
+        """``is_card_number`` is the caller's test of a decoded text (the card catalog's, in the
+        bot): only a read that passes it ends the search; others are reported all the same.
+        Without it, any sure read is taken for the card's number."""
         self.budget_ms = budget_ms
         # A larger CPU budget (tests, `cardbot scan`) carries its wall cap along.
         self.wall_cap_ms = (
@@ -576,6 +669,7 @@ class PyzbarCardReader:
         self.ocr: DigitReader | None = load_ocr() if ocr == _AUTO else ocr
         self._clock = clock
         self._wall_clock = wall_clock
+        self.is_card_number: CardNumberTest = is_card_number or _anything
 
     def warm_up_in_background(self) -> threading.Thread | None:
         """Load the OCR models on a background thread now, so the first photo does not wait ~1 s
@@ -627,26 +721,38 @@ class PyzbarCardReader:
             log.info("not an image: %s", exc)
             return CardReading(hints=(NOT_AN_IMAGE,))
 
-        collector = _Collector()
+        collector = _Collector(self.is_card_number)
         # The plain pass always runs, whatever the budget: it is the cheap path most photos take,
         # and it calibrates the cost estimate for the cascade.
         work = imaging.fit(photo.gray, FIRST_PASS_SIDE)
         budget.run(collector, _PLAIN, work)
-        if collector.conclusive:
+        # The measures are taken at a fixed size below the plain pass view: start from that.
+        measures = measure(work) if self.ocr is not None or not collector.conclusive else None
+        text_legible = measures is not None and legible(measures, photo.original_size)
+        ocr = self.ocr if text_legible else None
+        if _settled(collector, ocr, budget):
             return _reading(collector.accepted())
+        decoded = photo.decoded
+        if (
+            decoded is not None
+            and max(decoded.size) > max(work.size)
+            and _pixels(decoded) <= FULL_RESOLUTION_MAX_PIXELS
+            and budget.remaining_ms() >= FULL_RESOLUTION_MS
+        ):
+            collector.add(decoded, "full_resolution", aggressive=False, zbar=False)
+            if _settled(collector, ocr, budget):
+                return _reading(collector.accepted())
+        if measures is None:
+            measures = measure(work)
 
         layout = Layout((), 0.0)
-        # The measures are taken at a fixed size below the plain pass view: start from that.
-        measures = measure(work)
-        text_legible = legible(measures, photo.original_size)
-        ocr = self.ocr if text_legible else None
         if not budget.spent():
             layout = locate(work)
             # No busy block anywhere (a wall, a sleeve, a blank page): nothing barcode-like to
             # search for, so every variant is skipped and the hints come at once.
             if layout.regions:
                 views = _Views(photo.gray, work, layout.regions)
-                self._run(self.crops, views, collector, budget)
+                self._run(self.crops, views, collector, budget, ocr)
                 if ocr is not None:
                     # The crops, cheap and the likeliest to read, have had their turn; print this
                     # sharp may carry the card number, so OCR's share is kept from the cascade.
@@ -656,16 +762,19 @@ class PyzbarCardReader:
                         OCR_SHARE * self.budget_ms, HINTS_RESERVE_MS + ocr.expected_ms(photo.gray)
                     )
                 if not collector.conclusive:
-                    self._run(self.cascade, views, collector, budget)
+                    self._run(self.cascade, views, collector, budget, ocr)
             budget.reserve_ms = HINTS_RESERVE_MS
 
         accepted = collector.accepted()
         digits: tuple[str, ...] = ()
-        needs_ocr = not accepted or any(e.unconfirmed for e in accepted)
+        # Printed digits are the fallback whenever no read can be the card's number (a shop's
+        # QR code alone is no answer), and the judge of reads nothing else confirmed.
+        needs_ocr = not any(e.card_like for e in accepted) or any(e.unconfirmed for e in accepted)
         if ocr is not None and needs_ocr:
             found = ocr.read_digits(photo.gray, budget.remaining_ms)
             digits = found.runs
             accepted = _weigh_printed_digits(accepted, collector.rejected_unchecked(), digits)
+        digits = tuple(dict.fromkeys((*collector.printed, *digits)))
         if accepted or digits:
             return _reading(accepted, digits)
         size = _barcode_size(layout, photo.gray, work)
@@ -678,6 +787,7 @@ class PyzbarCardReader:
         views: _Views,
         collector: _Collector,
         budget: _Budget,
+        ocr: DigitReader | None,
     ) -> None:
         for variant in variants:
             if budget.spent():
@@ -689,8 +799,28 @@ class PyzbarCardReader:
             if not budget.affords(variant, _pixels(source) * variant.growth):
                 continue
             budget.run(collector, variant, source)
-            if collector.conclusive:
+            if _settled(collector, ocr, budget):
                 return
+
+
+def _settled(collector: _Collector, ocr: DigitReader | None, budget: _Budget) -> bool:
+    """Whether a conclusive read ends the search, once the digits printed under its bars (when
+    OCR can read them) have not contradicted it; a contradicted read is no longer trusted."""
+    if ocr is not None:
+        for evidence in collector.print_checkable():
+            evidence.print_checked = True
+            assert evidence.where is not None
+            window = printed.window_under_bars(*evidence.where)
+            if window is None:
+                continue
+            # This is the OCR the stages after the cascade were holding time back for; one line
+            # of print is enough (``PRINT_CHECK_MS``), the rest of the card is not its business.
+            found = ocr.read_digits(window, budget.within(PRINT_CHECK_MS, budget.reserve_ms))
+            if printed.contradicts(evidence.text, found.runs, evidence.family == _EAN_UPC):
+                log.info("digits under the bars contradict a %s read", evidence.symbology)
+                evidence.contradicted = True
+                collector.printed.extend(found.runs)
+    return collector.conclusive
 
 
 def _barcode_size(

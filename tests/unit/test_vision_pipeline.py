@@ -195,9 +195,11 @@ class FakeDigitReader:
     def __init__(self, runs: tuple[str, ...]) -> None:
         self.runs = runs
         self.calls = 0
+        self.pictures: list[Image.Image] = []
 
     def read_digits(self, gray: Image.Image, remaining_ms: object) -> DigitReading:
         self.calls += 1
+        self.pictures.append(gray)
         return DigitReading(runs=self.runs)
 
     def expected_ms(self, gray: Image.Image) -> float:
@@ -207,15 +209,19 @@ class FakeDigitReader:
         pass
 
 
-def test_ocr_is_not_run_when_a_barcode_reads_conclusively() -> None:
-    ocr = FakeDigitReader(("9999999999999999",))
+def test_a_conclusive_read_has_only_the_print_under_its_bars_read_and_agreeing() -> None:
+    ocr = FakeDigitReader((CARD_NUMBER,))
     reader = PyzbarCardReader(budget_ms=UNHURRIED_MS, ocr=ocr)
+    photo = render_hard_card_photo(CARD_NUMBER, Shot())
 
-    reading = reader.read_sync(render_hard_card_photo(CARD_NUMBER, Shot()))
+    reading = reader.read_sync(photo)
 
     assert texts(reading) == [CARD_NUMBER]
-    assert reading.digits == ()
-    assert ocr.calls == 0
+    assert reading.digits == ()  # the print only confirmed the bars
+    assert ocr.calls == 1
+    (window,) = ocr.pictures
+    width, height = Image.open(io.BytesIO(photo)).size
+    assert window.width < width / 2 and window.height < height / 4
 
 
 def test_printed_digits_are_returned_when_no_barcode_reads() -> None:
