@@ -70,8 +70,12 @@ async def test_the_in_force_note_tells_the_truth_when_a_later_table_exists(
     later = table(tmp_path, "later-1", 9_300)
     earlier = table(tmp_path, "earlier-1", 9_100)
     future = table(tmp_path, "future-1", 9_000)
-    assert await cardbot("prices", "import", str(later), "--from", "2026-01-02T00:00:00+08:00") == 0
-    assert await cardbot("prices", "import", str(future), "--from", "2099-01-01T00:00:00+08:00") == 0
+    assert (
+        await cardbot("prices", "import", str(later), "--from", "2026-01-02T00:00:00+08:00") == 0
+    )
+    assert (
+        await cardbot("prices", "import", str(future), "--from", "2099-01-01T00:00:00+08:00") == 0
+    )
     capsys.readouterr()
     assert (
         await cardbot("prices", "import", str(earlier), "--from", "2026-01-01T00:00:00+08:00") == 0

@@ -9,9 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from core.model import OrderStatus
-from tests.e2e.conftest import Harness
+from tests.e2e.conftest import Harness, database_url, harness
 from tests.e2e.test_console_batch import identity_and_alipay, started, transfers, walmart
 from tests.e2e.test_console_sale import ZH
+
+__all__ = ["database_url", "harness"]  # the e2e fixtures, for these tests
 
 
 async def sell_batch(h: Harness, count: int) -> None:

@@ -16,8 +16,10 @@ from pathlib import Path
 
 from core.messages import Inbound
 from core.model import OrderStatus
-from tests.e2e.conftest import Harness
+from tests.e2e.conftest import Harness, database_url, harness
 from tests.e2e.test_console_sale import SCRIPT, WALMART, ZH, play
+
+__all__ = ["database_url", "harness"]  # the e2e fixtures, for these tests
 
 
 async def person(h: Harness, tmp_path: Path, name: str) -> Harness:

@@ -6,32 +6,39 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bot.settings import DEFAULT_CARDS
+from bot.sandbox.issuer import SandboxCardIssuer
+from core.catalog import default_catalog
 from core.model import OrderStatus
-from tests.e2e.conftest import Harness
-from tests.e2e.test_console_batch import walmart
+from tests.e2e.conftest import Harness, database_url
+from tests.e2e.test_console_batch import card_file, walmart
 from tests.e2e.test_console_sale import ZH
+from tests.fakes import MisreportingIssuer
+
+__all__ = ["database_url"]  # the e2e fixture, for these tests
 
 INFLATED = walmart(90)  # face ¥500, but the issuer says ¥5,000 is on it
 GOOD = walmart(91)
 
 
-def cards(tmp_path: Path) -> Path:
-    path = tmp_path / "cards.csv"
-    path.write_text(
-        DEFAULT_CARDS.read_text(encoding="utf-8").rstrip("\n")
-        + f"\nwalmart,{INFLATED[0]},{INFLATED[1]},50000,500000,2099-12-31,active"
-        + f"\nwalmart,{GOOD[0]},{GOOD[1]},50000,50000,2099-12-31,active\n",
-        encoding="utf-8",
+def misreporting(h: Harness, tmp_path: Path) -> None:
+    """The cards are real ¥500 cards; the issuer reports ¥5,000 on INFLATED."""
+    inner = SandboxCardIssuer(
+        h.settings.sandbox_cards, tmp_path / "issuer.sqlite3", default_catalog(), h.clock
     )
-    return path
+    h.ports["issuer"] = MisreportingIssuer(inner, {INFLATED[0]: 500_000})
+
+
+async def started(tmp_path: Path, url: str) -> Harness:
+    h = Harness(tmp_path, url, cards=card_file(tmp_path, count=100))
+    misreporting(h, tmp_path)
+    await h.start()
+    return h
 
 
 async def test_a_balance_above_the_face_value_is_refused_and_never_quoted(
     tmp_path: Path, database_url: str
 ) -> None:
-    h = Harness(tmp_path, database_url, cards=cards(tmp_path))
-    await h.start()
+    h = await started(tmp_path, database_url)
     try:
         await h.say("/sell")
         await h.say(INFLATED[0])
@@ -52,8 +59,7 @@ async def test_a_balance_above_the_face_value_is_refused_and_never_quoted(
 async def test_in_a_batch_the_inflated_card_is_refused_and_the_others_go_on(
     tmp_path: Path, database_url: str
 ) -> None:
-    h = Harness(tmp_path, database_url, cards=cards(tmp_path))
-    await h.start()
+    h = await started(tmp_path, database_url)
     try:
         await h.say("/sell")
         await h.say(f"{INFLATED[0]} {INFLATED[1]}\n{GOOD[0]} {GOOD[1]}")

@@ -187,7 +187,7 @@ def test_five_failures_in_thirty_minutes_suspend() -> None:
 
 def test_the_shipped_rules_file_parses_to_the_documented_rules() -> None:
     policy = parse_policy((ROOT / "bot" / "risk.toml").read_text(encoding="utf-8"))
-    assert policy.version == "2026-11-22.1"
+    assert policy.version == "2026-12-04.1"
     assert replace(policy, version=POLICY.version) == POLICY
 
 
