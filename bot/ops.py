@@ -292,14 +292,14 @@ async def prices_import(
         await app_factory.dispose()
     print(
         f"imported rate table {policy.version}: {len(policy.rates)} brands, "
-        f"in force from {starts.isoformat()}"
+        f"in force from {_shown(starts)}"
     )
     if replace_all and dropped:
         print(f"note: --replace: no longer bought from then on: {', '.join(dropped)}")
     elif dropped:
         print(f"note: brands not in the file keep their rates from {base.version}")
     following = (
-        f", until {later[0].effective_from.isoformat()} when {later[0].version} takes over"
+        f", until {_shown(later[0].effective_from)} when {later[0].version} takes over"
         if later
         else ""
     )
@@ -312,7 +312,7 @@ async def prices_import(
             "force; give a later --from to use this one"
         )
     elif later:
-        print(f"note: from {starts.isoformat()}{following}")
+        print(f"note: from {_shown(starts)}{following}")
     return 0
 
 
@@ -333,6 +333,13 @@ async def prices_list(settings: Settings) -> int:
             f"by {table.imported_by}  sha256 {table.sha256[:12]}{mark}"
         )
     return 0
+
+
+def _shown(moment: datetime) -> str:
+    """A time as operators read it: Asia/Shanghai, with its offset."""
+    from core.risk import SHANGHAI
+
+    return moment.astimezone(SHANGHAI).isoformat()
 
 
 def _when(text: str) -> datetime:

@@ -75,7 +75,7 @@ async def test_money_owed_after_a_failed_payout_cannot_be_cancelled_away(
     assert order.status is OrderStatus.PAYOUT_FAILED
 
 
-async def test_cancelling_while_the_issuer_is_down_really_cancels(
+async def test_withdrawing_while_the_issuer_is_down_really_withdraws(
     tmp_path: Path, database_url: str
 ) -> None:
     h = Harness(tmp_path, database_url)
@@ -86,7 +86,12 @@ async def test_cancelling_while_the_issuer_is_down_really_cancels(
         [order] = await h.orders()
         assert order.status is OrderStatus.APPROVED
         assert "Traceback" not in h.text() and ZH("error.internal") not in h.text()
-        await h.say("/cancel")
+        await h.say("/cancel")  # /cancel never withdraws a submitted order...
+        [order] = await h.orders()
+        assert order.status is OrderStatus.APPROVED
+        await h.say("/orders")  # ...its own confirmed action does
+        await h.choose("order.withdraw")
+        await h.choose("withdraw.yes")
         [order] = await h.orders()
         assert order.status is OrderStatus.CANCELLED
         assert h.app is not None
