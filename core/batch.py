@@ -337,7 +337,7 @@ async def quote_batch(
         card = await uow.cards.get(card_id)
         try:
             card = await sale.verify_card(uow, deps, card)
-            await sale.check_not_held(uow, card.number_fp)
+            await sale.check_not_held(uow, deps, card.number_fp)
             verified.append(card)
         except AccountSuspended:
             raise
@@ -405,7 +405,7 @@ async def accept_batch(uow: UnitOfWork, deps: sale.SaleDeps, batch_id: int) -> l
             await uow.orders.lock_card(fp)
         for order in quoted:
             try:
-                await sale.check_not_held(uow, order.card_fp, order.id)
+                await sale.check_not_held(uow, deps, order.card_fp, order.id)
             except CardHeld:
                 taken = True
     if not locked or taken:

@@ -102,6 +102,8 @@ CARD_HOLDING_STATUSES = (
     OrderStatus.SETTLED,
     OrderStatus.PAYOUT_FAILED,
 )
+# An accepted order not confirmed within this owns its card only until someone else wants it.
+ACCEPTED_HOLD = timedelta(minutes=30)
 # Orders that count towards a person's daily amount.
 DAILY_AMOUNT_STATUSES = (
     OrderStatus.REVIEW,
@@ -294,10 +296,22 @@ async def check_not_locked(uow: UnitOfWork, deps: SaleDeps, card_fp: str, user_i
         raise CardLocked(hours=rule.window_hours)
 
 
-async def check_not_held(uow: UnitOfWork, card_fp: str, order_id: int | None = None) -> None:
-    """Refuse a card that an order (other than ``order_id``) owns: accepted, submitted or sold."""
-    holders = await uow.orders.with_card_fp(card_fp, CARD_HOLDING_STATUSES)
-    if any(o.id != order_id for o in holders):
+async def check_not_held(
+    uow: UnitOfWork, deps: SaleDeps, card_fp: str, order_id: int | None = None
+) -> None:
+    """Refuse a card that an order (other than ``order_id``) owns: accepted, submitted or sold.
+    An accepted order left unconfirmed for ACCEPTED_HOLD owns its card no longer once someone
+    else wants it: it expires (its owner, coming back, hears the quote is no longer open)."""
+    now = deps.clock.now()
+    for holder in await uow.orders.with_card_fp(card_fp, CARD_HOLDING_STATUSES):
+        if holder.id == order_id:
+            continue
+        if holder.status is OrderStatus.ACCEPTED and now - holder.updated_at >= ACCEPTED_HOLD:
+            await uow.orders.update(transition(holder, OrderStatus.EXPIRED, now))
+            await uow.audit.append(
+                now, "sale", "order.lapsed", f"order:{holder.id}", {"card": holder.card_masked}
+            )
+            continue
         raise CardHeld()
 
 
@@ -389,7 +403,7 @@ async def quote_for(
     another order owns is refused (CardHeld) before any price is shown."""
     assert card.id is not None and card.balance_fen is not None
     assert card.face_value_fen is not None and card.expires is not None
-    await check_not_held(uow, card.number_fp)
+    await check_not_held(uow, deps, card.number_fp)
     now = deps.clock.now()
     pricing = await current_pricing(uow, deps)
     tier = pricing.tier_for(await lifetime_sold(uow, user)) if pricing.tiers else None
@@ -486,7 +500,7 @@ async def accept_quote(uow: UnitOfWork, deps: SaleDeps, order: Order) -> Order:
         raise QuoteExpired()
     await uow.orders.lock_card(order.card_fp)
     try:
-        await check_not_held(uow, order.card_fp, order.id)
+        await check_not_held(uow, deps, order.card_fp, order.id)
     except CardHeld:
         await uow.orders.update(transition(order, OrderStatus.CANCELLED, now))
         await uow.audit.append(

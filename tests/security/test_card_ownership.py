@@ -153,3 +153,24 @@ async def test_one_person_who_keeps_guessing_a_secret_is_refused_that_card_but_t
         await mallory.close()
     await play(harness, SCRIPT[:4])
     assert await harness.step() == "await_quote", harness.text()
+
+
+async def test_an_accepted_quote_left_unconfirmed_does_not_hold_the_card_from_its_owner_forever(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """Accepting and walking away would otherwise keep the card from everyone for good."""
+    await quoted(harness)
+    await harness.choose("quote.accept")
+    harness.clock.advance(minutes=31)
+    bob = await person(harness, tmp_path, "bob")
+    try:
+        await quoted(bob)
+        await bob.choose("quote.accept")
+        assert ZH("quote.accepted") in bob.text()
+    finally:
+        await bob.close()
+    # Alice comes back: her acceptance lapsed, and she is told so rather than paid twice over.
+    await play(harness, SCRIPT[5:])
+    assert ZH("quote.no_longer_open") in harness.text()
+    statuses = sorted(o.status.value for o in await harness.orders())
+    assert statuses == ["accepted", "expired"]
