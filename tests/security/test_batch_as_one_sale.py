@@ -68,3 +68,17 @@ async def test_a_batch_under_every_line_from_an_established_account_is_paid(
         assert {o.status for o in orders} == {OrderStatus.SETTLED}
     finally:
         await h.close()
+
+
+async def test_a_batch_over_the_level_one_day_limit_needs_level_two_though_every_card_is_under(
+    tmp_path: Path, database_url: str
+) -> None:
+    h = await started(tmp_path, database_url)
+    try:
+        await sell_batch(h, 22)  # 22 × ¥474 = ¥10,428: over the ¥10,000 level-1 day limit
+        assert await h.step() == "await_level2_card"
+        orders = [o for o in await h.orders() if o.status is not OrderStatus.CANCELLED]
+        assert {o.status for o in orders} == {OrderStatus.ACCEPTED}
+        assert transfers(h) == []
+    finally:
+        await h.close()
