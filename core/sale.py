@@ -348,7 +348,12 @@ async def verify_card(uow: UnitOfWork, deps: SaleDeps, card: Card) -> Card:
                 "balance_fen": verification.balance_fen,
             },
         )
-        log.warning("issuer data for card %s is inconsistent: balance above face", card.id)
+        log.warning(
+            "issuer data for card %s cannot be true: face %s fen, balance %s fen",
+            card.id,
+            verification.face_value_fen,
+            verification.balance_fen,
+        )
         raise IssuerInconsistent()
     card = replace(
         card,
@@ -553,6 +558,7 @@ async def withdraw_order(uow: UnitOfWork, deps: SaleDeps, user: User, order_id: 
     if order.user_id != user.id or order.status not in HELD_STATUSES:
         raise CannotCancel("withdraw.not_held", order=order.number)
     now = deps.clock.now()
+    was = order.status
     order = transition(order, OrderStatus.CANCELLED, now)
     await uow.orders.update(order)
     await uow.audit.append(
@@ -560,7 +566,7 @@ async def withdraw_order(uow: UnitOfWork, deps: SaleDeps, user: User, order_id: 
         f"user:{user.id}",
         "order.withdrawn",
         f"order:{order.id}",
-        {"was": "held", "payout_fen": order.payout_fen},
+        {"from": was.value, "payout_fen": order.payout_fen},
     )
     return order
 
