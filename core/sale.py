@@ -1164,11 +1164,6 @@ async def open_orders(uow: UnitOfWork, user: User) -> Sequence[Order]:
     ]
 
 
-async def cancellable_orders(uow: UnitOfWork, user: User) -> Sequence[Order]:
-    """A user's orders that can still be withdrawn: the card has not been redeemed."""
-    return [o for o in await uow.orders.for_user(user.id, limit=50) if o.status in CANCELLABLE]
-
-
 async def owed_orders(uow: UnitOfWork, user: User) -> Sequence[Order]:
     """A user's redeemed orders whose payout failed: money we owe, waiting for an account."""
     return [
