@@ -86,6 +86,12 @@ def _main(argv: Sequence[str] | None) -> int:
     imp.add_argument("--from", dest="effective", help="ISO time with zone; default: now")
     imp.add_argument("--version", help="the table's version (required for CSV)")
     imp.add_argument("--by", default="operator")
+    imp.add_argument(
+        "--replace",
+        action="store_true",
+        help="the file is the whole table: brands it leaves out are no longer bought "
+        "(default: they keep their current rates)",
+    )
     prices_sub.add_parser("list", help="imported tables, newest first")
 
     risk_cmd = sub.add_parser("risk", help="risk controls")
@@ -168,7 +174,12 @@ def _main(argv: Sequence[str] | None) -> int:
             return asyncio.run(ops.prices_list(settings))
         return asyncio.run(
             ops.prices_import(
-                settings, args.file, args.effective, args.version, f"staff:{args.by}"
+                settings,
+                args.file,
+                args.effective,
+                args.version,
+                f"staff:{args.by}",
+                replace_all=args.replace,
             )
         )
     if args.command == "risk":

@@ -187,16 +187,21 @@ async def prices_import(
     effective: str | None,
     version: str | None,
     by: str,
+    replace_all: bool = False,
 ) -> int:
     """Import a rate table (TOML, or CSV of brand,up_to_fen,rate_bp) to take effect at a
-    time (default: now). Versions are immutable; quotes keep the version they were priced
-    with."""
+    time (default: now). It merges into the table it follows: brands it does not list keep
+    their rates, unless ``replace_all`` (``--replace``), when the brands it leaves out are no
+    longer bought and are named. Versions are immutable; quotes keep the version they were
+    priced with. What is printed says truly when the table is in force, and until when."""
     import hashlib
     from pathlib import Path
 
     from core.pricing import (
         RateTableError,
         default_pricing,
+        dropped_brands,
+        merged_into,
         pricing_to_dict,
         rate_table_from_csv,
         rate_table_from_toml,
@@ -216,15 +221,16 @@ async def prices_import(
     except ValueError as exc:
         print(f"cardbot: --from {exc}", file=sys.stderr)
         return 2
+    now = clock.now()
     app_factory = await storage_for(settings)
     try:
         async with app_factory() as uow:
-            base = await pricing_in_force(uow, default_pricing(), clock.now())
             try:
                 if file.suffix.lower() == ".csv":
                     if not version:
                         print("cardbot: a CSV table needs --version", file=sys.stderr)
                         return 2
+                    base = await pricing_in_force(uow, default_pricing(), when or now)
                     policy = rate_table_from_csv(text, base, version, when)
                 else:
                     policy = rate_table_from_toml(text)
@@ -241,9 +247,12 @@ async def prices_import(
             if unknown:
                 print(f"cardbot: {file}: unknown brands {unknown}", file=sys.stderr)
                 return 2
-            starts = policy.effective_from or clock.now()
-            if starts < clock.now():
-                print(f"note: {starts.isoformat()} is past: the table is in force at once")
+            starts = policy.effective_from or now
+            # The table this one follows in time: what it merges into, or what it replaces.
+            base = await pricing_in_force(uow, default_pricing(), starts)
+            dropped = dropped_brands(policy, base)
+            if not replace_all:
+                policy = merged_into(policy, base)
             policy = replace(policy, effective_from=starts)
             table = RateTable(
                 version=policy.version,
@@ -251,7 +260,7 @@ async def prices_import(
                 content=pricing_to_dict(policy),
                 sha256=hashlib.sha256(raw).hexdigest(),
                 imported_by=by,
-                imported_at=clock.now(),
+                imported_at=now,
             )
             if not await uow.rates.add(table):
                 print(
@@ -260,7 +269,7 @@ async def prices_import(
                 )
                 return 1
             await uow.audit.append(
-                clock.now(),
+                now,
                 by,
                 "rates.imported",
                 f"rates:{policy.version}",
@@ -269,15 +278,41 @@ async def prices_import(
                     "sha256": table.sha256,
                     "brands": len(policy.rates),
                     "previous": base.version,
+                    "replaced": replace_all,
+                    "dropped": dropped if replace_all else [],
                 },
+            )
+            in_force = await uow.rates.in_force(now)
+            later = sorted(
+                (t for t in await uow.rates.all() if t.effective_from > starts),
+                key=lambda t: t.effective_from,
             )
             await uow.commit()
     finally:
         await app_factory.dispose()
     print(
         f"imported rate table {policy.version}: {len(policy.rates)} brands, "
-        f"in force from {starts.isoformat()}"
+        f"in force from {_shown(starts)}"
     )
+    if replace_all and dropped:
+        print(f"note: --replace: no longer bought from then on: {', '.join(dropped)}")
+    elif dropped:
+        print(f"note: brands not in the file keep their rates from {base.version}")
+    following = (
+        f", until {_shown(later[0].effective_from)} when {later[0].version} takes over"
+        if later
+        else ""
+    )
+    if in_force is not None and in_force.version == policy.version:
+        print(f"note: in force at once{following}")
+    elif starts <= now:
+        current = in_force.version if in_force is not None else "?"
+        print(
+            f"note: not in force: {current} takes effect later than this table and stays in "
+            "force; give a later --from to use this one"
+        )
+    elif later:
+        print(f"note: from {_shown(starts)}{following}")
     return 0
 
 
@@ -298,6 +333,13 @@ async def prices_list(settings: Settings) -> int:
             f"by {table.imported_by}  sha256 {table.sha256[:12]}{mark}"
         )
     return 0
+
+
+def _shown(moment: datetime) -> str:
+    """A time as operators read it: Asia/Shanghai, with its offset."""
+    from core.risk import SHANGHAI
+
+    return moment.astimezone(SHANGHAI).isoformat()
 
 
 def _when(text: str) -> datetime:

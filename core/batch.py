@@ -23,6 +23,7 @@ from core.catalog import Brand, Catalog, normalize_card_number
 from core.errors import (
     AccountSuspended,
     CardbotError,
+    CardHeld,
     CardNotFound,
     CardNotRecognised,
     CardUnusable,
@@ -344,7 +345,9 @@ async def quote_batch(
     for card_id in card_ids:
         card = await uow.cards.get(card_id)
         try:
-            verified.append(await sale.verify_card(uow, deps, card))
+            card = await sale.verify_card(uow, deps, card)
+            await sale.check_not_held(uow, deps, card.number_fp)
+            verified.append(card)
         except AccountSuspended:
             raise
         except (WrongSecret, CardUnusable, CardNotFound) as refusal:
@@ -396,16 +399,28 @@ async def open_orders(uow: UnitOfWork, batch_id: int) -> list[Order]:
 
 async def accept_batch(uow: UnitOfWork, deps: sale.SaleDeps, batch_id: int) -> list[Order]:
     """The user says yes to the whole quote: kept if the lock still holds; else every quoted
-    order expires and QuoteExpired (the caller re-quotes the cards and asks again)."""
+    order expires and QuoteExpired (the caller re-quotes the cards and asks again). When
+    someone else accepted one of the cards meanwhile, every quoted order expires and CardHeld
+    (the batch's price depends on its cards: the caller re-quotes those that are left)."""
     quoted = [o for o in await uow.orders.for_batch(batch_id) if o.status is OrderStatus.QUOTED]
     if not quoted:
         raise QuoteExpired("quote.no_longer_open")
     now = deps.clock.now()
     quotes = [await uow.quotes.get(o.quote_id) for o in quoted]
-    if not all(q.is_locked_at(now) for q in quotes):
+    locked = all(q.is_locked_at(now) for q in quotes)
+    taken = False
+    if locked:
+        for fp in sorted({o.card_fp for o in quoted}):  # one order of locks: no deadlock
+            await uow.orders.lock_card(fp)
+        for order in quoted:
+            try:
+                await sale.check_not_held(uow, deps, order.card_fp, order.id)
+            except CardHeld:
+                taken = True
+    if not locked or taken:
         for order in quoted:
             await uow.orders.update(transition(order, OrderStatus.EXPIRED, now))
-        raise QuoteExpired()
+        raise CardHeld() if taken else QuoteExpired()
     return [await sale.accept_quote(uow, deps, order) for order in quoted]
 
 
@@ -422,13 +437,20 @@ async def submit_batch(
     uow: UnitOfWork, deps: sale.SaleDeps, batch_id: int, account: PayoutAccount
 ) -> list[tuple[Order, RiskDecision]]:
     """The user confirms: every accepted order gets the payout account and its own risk
-    decision, card after card, so that the batch's earlier cards count in the person's day."""
+    decision. The amount rules see the batch as one sale: every card is judged with the whole
+    batch's payout, on facts gathered before any card of it is decided (so the batch is not
+    counted twice in the person's day, and splitting a sale into cards changes nothing)."""
     now = deps.clock.now()
     batch = await uow.batches.get(batch_id)
     accepted = [
         o for o in await uow.orders.for_batch(batch_id) if o.status is OrderStatus.ACCEPTED
     ]
-    decided = [await sale.submit_order(uow, deps, order, account) for order in accepted]
+    total = sum(o.payout_fen for o in accepted)
+    facts = [await sale.risk_facts(uow, deps, o, account, sale_payout_fen=total) for o in accepted]
+    decided = [
+        await sale.decide_order(uow, deps, order, account, fact)
+        for order, fact in zip(accepted, facts, strict=True)
+    ]
     await uow.batches.update(replace(batch, submitted_at=now))
     await uow.audit.append(
         now,

@@ -6,6 +6,10 @@ CardbotError
 │   ├── CardNotFound               the issuer has no such card
 │   ├── WrongSecret                secret does not match
 │   ├── CardUnusable               used / frozen / expired / empty (reason in .key)
+│   │   ├── CardLocked             this person got the card's secret wrong too often
+│   │   ├── CardHeld               another order owns the card (accepted first)
+│   │   ├── BrandNotBought         the rate table in force has no rate for the brand
+│   │   └── IssuerInconsistent     the issuer's answer contradicts itself (balance > face)
 │   ├── InvalidIdentity            name, resident ID or phone rejected
 │   ├── InvalidPayoutAccount       payout account malformed
 │   └── QuoteExpired               a locked quote ran out before it was accepted
@@ -71,6 +75,25 @@ class CardUnusable(UserError):
 
 class CardLocked(CardUnusable):
     key = "error.card_locked"
+
+
+class CardHeld(CardUnusable):
+    """Another order accepted this card first: it owns the card until it is withdrawn."""
+
+    key = "error.card_held"
+
+
+class BrandNotBought(CardUnusable):
+    """The rate table in force has no rate for this brand: we do not buy it now."""
+
+    key = "error.brand_not_bought"
+
+
+class IssuerInconsistent(CardUnusable):
+    """The issuer's data cannot be true (a balance above the face value): nothing is quoted
+    on it. An issuer error, not the user's — the user is told to try later or ask a person."""
+
+    key = "error.issuer_inconsistent"
 
 
 class CannotCancel(UserError):

@@ -287,6 +287,11 @@ class OrderRepository(Protocol):
         ends: every change to an order's status after the quote goes through this."""
         ...
 
+    async def lock_card(self, card_fp: str) -> None:
+        """Hold a lock on one card (by fingerprint) until the unit of work ends, so that two
+        people accepting the same card are decided one after the other."""
+        ...
+
     async def with_status(self, statuses: Sequence[OrderStatus]) -> Sequence[Order]:
         """Every order in one of the statuses, oldest first."""
         ...

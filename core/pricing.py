@@ -26,7 +26,7 @@ from types import MappingProxyType
 from typing import Any
 
 from core.catalog import Brand, Catalog
-from core.errors import CardUnusable
+from core.errors import BrandNotBought, CardUnusable
 from core.model import QuoteLine
 from core.money import BP_SCALE, apply_rate
 
@@ -187,10 +187,11 @@ def _code(brand: Brand | str) -> str:
 
 
 def band_for(policy: PricingPolicy, brand: Brand | str, face_value_fen: int) -> RateBand:
-    """The band a card's face value falls in; KeyError when the brand has no rates."""
+    """The band a card's face value falls in; BrandNotBought when the brand has no rates (a
+    refusal the user is told, never a crash)."""
     code = _code(brand)
     if code not in policy.rates:
-        raise KeyError(f"no rates for brand {code}")
+        raise BrandNotBought(brand=code)
     for band in policy.rates[code]:
         if band.max_face_fen is None or face_value_fen <= band.max_face_fen:
             return band
@@ -459,6 +460,25 @@ def pricing_to_dict(policy: PricingPolicy) -> dict[str, Any]:
     if policy.effective_from is not None:
         data["effective_from"] = policy.effective_from.isoformat()
     return data
+
+
+def merged_into(policy: PricingPolicy, base: PricingPolicy) -> PricingPolicy:
+    """``policy`` with every brand it does not list taken from ``base`` (bands and expiry
+    adjustment): an import that names some brands changes those and keeps the others."""
+    rates = dict(base.rates)
+    rates.update(policy.rates)
+    adjust = {
+        code: points for code, points in base.expiry_adjust_by_brand.items() if code in rates
+    }
+    for code in policy.rates:
+        adjust.pop(code, None)
+    adjust.update(policy.expiry_adjust_by_brand)
+    return replace(policy, rates=rates, expiry_adjust_by_brand=adjust)
+
+
+def dropped_brands(policy: PricingPolicy, base: PricingPolicy) -> list[str]:
+    """Brands ``base`` buys that ``policy`` would no longer buy, sorted."""
+    return sorted(set(base.rates) - set(policy.rates))
 
 
 def rate_table_from_toml(text: str) -> PricingPolicy:

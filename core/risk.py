@@ -19,6 +19,14 @@ Rules (each can be switched off by leaving its table out of the file, except the
 * ``risk.shared_account`` — the payout account is used by someone with another ID.
 * ``risk.blacklisted`` — the ID, the payout account or the card is on the blacklist.
 * ``risk.new_account`` — a large payout from an account opened only hours ago.
+* ``risk.card_guessed`` — other people got this card's secret wrong lately: whoever now has
+  the right one may have guessed it. The card is never locked for everyone (anyone who knows
+  a number could then lock its owner out): one person is refused a card after
+  ``card_secret.per_person`` wrong secrets, and the sale is held for review instead. Like
+  the daily amount, this rule is always on; its table only tunes it.
+
+Amount rules (daily amount, structuring, new account) see a batch as one sale: the amount is
+the whole batch's payout, and the batch's own cards are not counted again in the day.
 
 Streaks (wrong card secrets, used cards) are checked when they happen, not at submission:
 :func:`streak_suspends` says whether the person is suspended for a while.
@@ -95,6 +103,14 @@ class NewAccountRule:
 
 
 @dataclass(frozen=True)
+class CardSecretRule:
+    per_person: int = 5  # wrong secrets for one card by one account before it is refused
+    window_hours: int = 24
+    review_at: int = 5  # wrong secrets for the card by other people: a sale of it is held
+    outcome: RiskOutcome = RiskOutcome.REVIEW
+
+
+@dataclass(frozen=True)
 class RiskPolicy:
     """The rules in force, and the version recorded with every decision."""
 
@@ -109,6 +125,7 @@ class RiskPolicy:
     # Identity levels: with name, ID and phone only (L1), a person sells up to this much a
     # day (Asia/Shanghai); more needs a bank card in their name (L2). None: no L1 limit.
     l1_daily_fen: int | None = 1_000_000
+    card_secret: CardSecretRule = field(default_factory=CardSecretRule)
 
     @property
     def history_days(self) -> int:
@@ -154,6 +171,7 @@ _KNOWN_KEYS = {
     "blacklist": {"outcome"},
     "new_account": {"hours", "min_payout_fen", "outcome"},
     "identity": {"l1_daily_fen"},
+    "card_secret": {"per_person", "window_hours", "review_at", "outcome"},
 }
 
 
@@ -238,6 +256,16 @@ def parse_policy(text: str) -> RiskPolicy:
                 outcome=_outcome(t.get("outcome", "review"), "new_account.outcome"),
             ),
         )
+    if (t := _table(data, "card_secret")) is not None:
+        policy = _with(
+            policy,
+            card_secret=CardSecretRule(
+                per_person=_int(t, "per_person", "card_secret", 5, minimum=1),
+                window_hours=_int(t, "window_hours", "card_secret", 24, minimum=1),
+                review_at=_int(t, "review_at", "card_secret", 5, minimum=1),
+                outcome=_outcome(t.get("outcome", "review"), "card_secret.outcome"),
+            ),
+        )
     return policy
 
 
@@ -252,6 +280,9 @@ def _with(policy: RiskPolicy, **changes: Any) -> RiskPolicy:
 @dataclass(frozen=True)
 class RiskFacts:
     """What the rules look at for one order. Amounts and counts exclude this order.
+
+    ``payout_fen``: the sale's payout — one card's, or a whole batch's (its cards are then
+    excluded from ``day_total_fen`` and ``daily_totals``).
 
     ``daily_totals``: the person's payouts per Asia/Shanghai day over the structuring window
     (today included, this order excluded). ``blacklisted``: which of the order's identifiers
@@ -269,6 +300,7 @@ class RiskFacts:
     shared_account_people: int = 0  # other IDs whose people use the same payout account
     blacklisted: tuple[str, ...] = ()
     account_age: timedelta = timedelta(days=365)
+    card_wrong_secrets_by_others: int = 0  # within the card-secret window, by other people
 
 
 @dataclass(frozen=True)
@@ -325,6 +357,8 @@ def assess(facts: RiskFacts, policy: RiskPolicy, today: date | None = None) -> R
         and facts.payout_fen >= rule.min_payout_fen
     ):
         fired.append((rule.outcome, "risk.new_account"))
+    if facts.card_wrong_secrets_by_others >= policy.card_secret.review_at:
+        fired.append((policy.card_secret.outcome, "risk.card_guessed"))
     outcome = max((o for o, _ in fired), key=_SEVERITY.__getitem__, default=RiskOutcome.APPROVE)
     return RiskDecision(outcome, tuple(reason for _, reason in fired), policy.version)
 

@@ -15,11 +15,14 @@ from core import ledger, masking
 from core.catalog import Catalog, normalize_card_number
 from core.errors import (
     AccountSuspended,
+    BrandNotBought,
     CannotCancel,
     CardbotError,
+    CardHeld,
     CardLocked,
     CardNotFound,
     CardUnusable,
+    IssuerInconsistent,
     IssuerUnavailable,
     KycMismatch,
     KycUnavailable,
@@ -79,10 +82,6 @@ from core.sealing import account_context, card_context, user_context
 
 log = logging.getLogger(__name__)
 
-# Wrong secrets for one card (by anyone) within the window before the card is refused.
-SECRET_FAILURE_LIMIT = 5
-SECRET_FAILURE_WINDOW = timedelta(hours=24)
-
 # What a person did that counts towards a suspension streak (risk.toml [streak]).
 STREAK_ACTIONS = ("card.secret_wrong", "card.used_refused")
 
@@ -91,7 +90,9 @@ _EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 IDENTITY_CONSENT = "identity"
 IDENTITY_CONSENT_VERSION = "2026-11-v1"
 
-# Orders that hold a card: a second sale of the same card while one of these exists is refused.
+# Orders that own a card: ownership is decided once, when a quote is accepted (under a lock on
+# the card's fingerprint, and a partial unique index in storage on these statuses); anyone else
+# quoting or accepting the card meanwhile is refused with CardHeld.
 CARD_HOLDING_STATUSES = (
     OrderStatus.ACCEPTED,
     OrderStatus.REVIEW,
@@ -101,6 +102,8 @@ CARD_HOLDING_STATUSES = (
     OrderStatus.SETTLED,
     OrderStatus.PAYOUT_FAILED,
 )
+# An accepted order not confirmed within this owns its card only until someone else wants it.
+ACCEPTED_HOLD = timedelta(minutes=30)
 # Orders that count towards a person's daily amount.
 DAILY_AMOUNT_STATUSES = (
     OrderStatus.REVIEW,
@@ -182,8 +185,10 @@ async def capture_card(uow: UnitOfWork, deps: SaleDeps, user: User, text: str) -
     check_not_suspended(deps, user)
     number = normalize_card_number(text)
     brand = deps.catalog.match(number)
+    if brand.code not in (await current_pricing(uow, deps)).rates:
+        raise BrandNotBought(brand=brand.code)
     number_fp = deps.vault.fingerprint("card", f"{brand.code}:{number}")
-    await check_not_locked(uow, deps, number_fp)
+    await check_not_locked(uow, deps, number_fp, user.id)
     now = deps.clock.now()
     card = await uow.cards.add(
         Card(
@@ -270,21 +275,50 @@ def _secret_subject(card_fp: str) -> str:
     return f"card_fp:{card_fp}"
 
 
-async def check_not_locked(uow: UnitOfWork, deps: SaleDeps, card_fp: str) -> None:
-    """Refuse a card whose secret was guessed wrong too often lately, by anyone."""
-    since = deps.clock.now() - SECRET_FAILURE_WINDOW
-    failures = [
-        e
+async def wrong_secrets(
+    uow: UnitOfWork, deps: SaleDeps, card_fp: str
+) -> list[tuple[str, datetime]]:
+    """(actor, time) of every wrong secret typed for a card within the card-secret window."""
+    since = deps.clock.now() - timedelta(hours=deps.risk.card_secret.window_hours)
+    return [
+        (e.actor, e.at)
         for e in await uow.audit.for_subject(_secret_subject(card_fp))
         if e.action == "card.secret_wrong" and e.at >= since
     ]
-    if len(failures) >= SECRET_FAILURE_LIMIT:
-        raise CardLocked(hours=int(SECRET_FAILURE_WINDOW.total_seconds() // 3600))
+
+
+async def check_not_locked(uow: UnitOfWork, deps: SaleDeps, card_fp: str, user_id: int) -> None:
+    """Refuse a card to a person who got its secret wrong too often lately. Only to them:
+    other people's wrong secrets never lock a card (see risk ``card_secret``)."""
+    rule = deps.risk.card_secret
+    failures = await wrong_secrets(uow, deps, card_fp)
+    if sum(1 for actor, _ in failures if actor == f"user:{user_id}") >= rule.per_person:
+        raise CardLocked(hours=rule.window_hours)
+
+
+async def check_not_held(
+    uow: UnitOfWork, deps: SaleDeps, card_fp: str, order_id: int | None = None
+) -> None:
+    """Refuse a card that an order (other than ``order_id``) owns: accepted, submitted or sold.
+    An accepted order left unconfirmed for ACCEPTED_HOLD owns its card no longer once someone
+    else wants it: it expires (its owner, coming back, hears the quote is no longer open)."""
+    now = deps.clock.now()
+    for holder in await uow.orders.with_card_fp(card_fp, CARD_HOLDING_STATUSES):
+        if holder.id == order_id:
+            continue
+        if holder.status is OrderStatus.ACCEPTED and now - holder.updated_at >= ACCEPTED_HOLD:
+            await uow.orders.update(transition(holder, OrderStatus.EXPIRED, now))
+            await uow.audit.append(
+                now, "sale", "order.lapsed", f"order:{holder.id}", {"card": holder.card_masked}
+            )
+            continue
+        raise CardHeld()
 
 
 async def verify_card(uow: UnitOfWork, deps: SaleDeps, card: Card) -> Card:
-    """Ask the issuer about a card; a used, frozen, expired or empty one is refused precisely."""
-    await check_not_locked(uow, deps, card.number_fp)
+    """Ask the issuer about a card; a used, frozen, expired or empty one is refused precisely,
+    and an answer that cannot be true (a balance above the face value) as an issuer error."""
+    await check_not_locked(uow, deps, card.number_fp, card.user_id)
     number, secret = _card_plaintext(deps, card)
     try:
         verification = await deps.issuer.verify(card.brand, number, secret)
@@ -299,6 +333,28 @@ async def verify_card(uow: UnitOfWork, deps: SaleDeps, card: Card) -> Card:
         await _count_towards_streak(uow, deps, card, None)
         raise
     now = deps.clock.now()
+    if verification.face_value_fen <= 0 or not (
+        0 <= verification.balance_fen <= verification.face_value_fen
+    ):
+        # Never quoted, never paid: the issuer's data is wrong (or tampered with), not the card.
+        await uow.audit.append(
+            now,
+            "issuer",
+            "card.issuer_inconsistent",
+            f"card:{card.id}",
+            {
+                "card": card.number_masked,
+                "face_value_fen": verification.face_value_fen,
+                "balance_fen": verification.balance_fen,
+            },
+        )
+        log.warning(
+            "issuer data for card %s cannot be true: face %s fen, balance %s fen",
+            card.id,
+            verification.face_value_fen,
+            verification.balance_fen,
+        )
+        raise IssuerInconsistent()
     card = replace(
         card,
         status=verification.status.value,
@@ -348,9 +404,11 @@ async def lifetime_sold(uow: UnitOfWork, user: User) -> int:
 async def quote_for(
     uow: UnitOfWork, deps: SaleDeps, user: User, card: Card, channel: str
 ) -> tuple[Quote, Order]:
-    """Price a verified card, lock the price for the policy's time, and open an order."""
+    """Price a verified card, lock the price for the policy's time, and open an order. A card
+    another order owns is refused (CardHeld) before any price is shown."""
     assert card.id is not None and card.balance_fen is not None
     assert card.face_value_fen is not None and card.expires is not None
+    await check_not_held(uow, deps, card.number_fp)
     now = deps.clock.now()
     pricing = await current_pricing(uow, deps)
     tier = pricing.tier_for(await lifetime_sold(uow, user)) if pricing.tiers else None
@@ -436,12 +494,24 @@ async def open_quote(
 
 
 async def accept_quote(uow: UnitOfWork, deps: SaleDeps, order: Order) -> Order:
-    """The user says yes: the price is kept if the lock still holds, else QuoteExpired."""
+    """The user says yes: the price is kept if the lock still holds, else QuoteExpired. This
+    is where a card's owner is decided, once: under a lock on the card's fingerprint, the
+    first to accept owns it; anyone else's quote for it is cancelled and CardHeld says so (the
+    caller keeps the cancellation)."""
     now = deps.clock.now()
     quote = await uow.quotes.get(order.quote_id)
     if not quote.is_locked_at(now):
         await uow.orders.update(transition(order, OrderStatus.EXPIRED, now))
         raise QuoteExpired()
+    await uow.orders.lock_card(order.card_fp)
+    try:
+        await check_not_held(uow, deps, order.card_fp, order.id)
+    except CardHeld:
+        await uow.orders.update(transition(order, OrderStatus.CANCELLED, now))
+        await uow.audit.append(
+            now, "sale", "order.card_taken", f"order:{order.id}", {"card": order.card_masked}
+        )
+        raise
     order = transition(order, OrderStatus.ACCEPTED, now)
     await uow.orders.update(order)
     await uow.audit.append(
@@ -455,6 +525,10 @@ async def accept_quote(uow: UnitOfWork, deps: SaleDeps, order: Order) -> Order:
 
 
 CANCELLABLE = (OrderStatus.QUOTED, OrderStatus.ACCEPTED, OrderStatus.REVIEW, OrderStatus.APPROVED)
+# Orders the user is still deciding about: what /cancel may cancel.
+OPEN_STATUSES = (OrderStatus.QUOTED, OrderStatus.ACCEPTED)
+# Submitted orders waiting on us, card not yet redeemed: withdrawn only on an explicit request.
+HELD_STATUSES = (OrderStatus.REVIEW, OrderStatus.APPROVED)
 
 
 async def cancel_order(uow: UnitOfWork, deps: SaleDeps, order_id: int, actor: str) -> Order:
@@ -474,6 +548,34 @@ async def cancel_order(uow: UnitOfWork, deps: SaleDeps, order_id: int, actor: st
     await uow.orders.update(order)
     await uow.audit.append(now, actor, "order.cancelled", f"order:{order.id}", {})
     return order
+
+
+async def withdraw_order(uow: UnitOfWork, deps: SaleDeps, user: User, order_id: int) -> Order:
+    """The user withdraws their own submitted order held before redemption (under review, or
+    approved but not yet redeemed), having confirmed it by number and amount. Anything else —
+    decided, redeemed, paying, someone else's — is CannotCancel("withdraw.not_held")."""
+    order = await uow.orders.lock(order_id)
+    if order.user_id != user.id or order.status not in HELD_STATUSES:
+        raise CannotCancel("withdraw.not_held", order=order.number)
+    now = deps.clock.now()
+    was = order.status
+    order = transition(order, OrderStatus.CANCELLED, now)
+    await uow.orders.update(order)
+    await uow.audit.append(
+        now,
+        f"user:{user.id}",
+        "order.withdrawn",
+        f"order:{order.id}",
+        {"from": was.value, "payout_fen": order.payout_fen},
+    )
+    return order
+
+
+async def held_orders(uow: UnitOfWork, user: User) -> Sequence[Order]:
+    """A user's submitted orders still held before redemption (review, approved), oldest
+    first: /cancel never touches them; the user may withdraw them explicitly."""
+    orders = [o for o in await uow.orders.for_user(user.id, limit=50) if o.status in HELD_STATUSES]
+    return sorted(orders, key=lambda o: o.id or 0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -678,10 +780,16 @@ async def verify_level_2(
 
 
 async def risk_facts(
-    uow: UnitOfWork, deps: SaleDeps, order: Order, account: PayoutAccount
+    uow: UnitOfWork,
+    deps: SaleDeps,
+    order: Order,
+    account: PayoutAccount,
+    sale_payout_fen: int | None = None,
 ) -> RiskFacts:
     """Everything the risk rules look at for one order. The person is everyone verified with
-    the same resident ID, on every channel."""
+    the same resident ID, on every channel. ``sale_payout_fen``: the whole sale's payout when
+    the order is one card of a batch (gathered before any card of it is decided, so the
+    batch is not counted twice in the day)."""
     now = deps.clock.now()
     policy = deps.risk
     user = await uow.users.get(order.user_id)
@@ -707,9 +815,14 @@ async def risk_facts(
     # The same ID under another name is someone else's ID (the same person on two apps has
     # the same name on both).
     strangers = [a for a in accounts if a.id != user.id and a.real_name != user.real_name]
+    guessed = [
+        actor
+        for actor, _ in await wrong_secrets(uow, deps, order.card_fp)
+        if actor not in {f"user:{uid}" for uid in person}
+    ]
     return RiskFacts(
         user_id=order.user_id,
-        payout_fen=order.payout_fen,
+        payout_fen=order.payout_fen if sale_payout_fen is None else sale_payout_fen,
         card_fp=order.card_fp,
         same_card_orders=len(others),
         same_card_other_users=len({o.user_id for o in others if o.user_id not in person}),
@@ -726,6 +839,7 @@ async def risk_facts(
             }
         ),
         account_age=now - min(a.created_at for a in accounts),
+        card_wrong_secrets_by_others=len(guessed),
     )
 
 
@@ -733,9 +847,16 @@ async def submit_order(
     uow: UnitOfWork, deps: SaleDeps, order: Order, account: PayoutAccount
 ) -> tuple[Order, RiskDecision]:
     """Attach the payout account and run the risk rules: approve, hold for review, or reject."""
+    facts = await risk_facts(uow, deps, order, account)
+    return await decide_order(uow, deps, order, account, facts)
+
+
+async def decide_order(
+    uow: UnitOfWork, deps: SaleDeps, order: Order, account: PayoutAccount, facts: RiskFacts
+) -> tuple[Order, RiskDecision]:
+    """Apply the risk rules to gathered facts and move the order on, with the account."""
     now = deps.clock.now()
     assert order.id is not None
-    facts = await risk_facts(uow, deps, order, account)
     decision = assess(facts, deps.risk, shanghai_date(now))
     target = {
         RiskOutcome.APPROVE: OrderStatus.APPROVED,
@@ -1041,11 +1162,6 @@ async def open_orders(uow: UnitOfWork, user: User) -> Sequence[Order]:
         for o in await uow.orders.for_user(user.id, limit=20)
         if o.status in (OrderStatus.QUOTED, OrderStatus.ACCEPTED)
     ]
-
-
-async def cancellable_orders(uow: UnitOfWork, user: User) -> Sequence[Order]:
-    """A user's orders that can still be withdrawn: the card has not been redeemed."""
-    return [o for o in await uow.orders.for_user(user.id, limit=50) if o.status in CANCELLABLE]
 
 
 async def owed_orders(uow: UnitOfWork, user: User) -> Sequence[Order]:

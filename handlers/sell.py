@@ -12,7 +12,8 @@ from core.batch import MAX_CARDS, looks_like_a_batch, parse_batch
 from core.catalog import normalize_card_number
 from core.errors import (
     AccountSuspended,
-    CardLocked,
+    CannotCancel,
+    CardHeld,
     CardNotFound,
     CardNotRecognised,
     CardUnusable,
@@ -52,6 +53,8 @@ AWAIT_BATCH_PHOTO = "await_batch_photo"  # photos one by one, "done" when all ar
 AWAIT_BATCH_CARD_CHOICE = "await_batch_card_choice"
 AWAIT_BATCH_SECRET = "await_batch_secret"  # the secret of the card just photographed
 AWAIT_BATCH_QUOTE = "await_batch_quote"
+# Withdrawing a submitted order held for review: its own action, confirmed by number and amount.
+AWAIT_WITHDRAW_CONFIRM = "await_withdraw_confirm"
 
 # A card list sent as a file: CSV or plain text, small enough to be a list of cards.
 LIST_FILE_SUFFIXES = (".csv", ".txt")
@@ -257,33 +260,108 @@ async def cmd_orders(ctx: Ctx) -> Step:
     orders = await ctx.uow.orders.for_user(ctx.user.id, limit=10)
     text = render.orders_text(ctx.t, ctx.deps.catalog, orders)
     # "This order has a problem" on the latest orders: the desk opens a ticket about it.
-    problems = tuple(
+    options = [
         Option(f"desk.order:{o.id}", ctx.t("desk.problem_option", order=o.number))
         for o in orders[:3]
-    )
-    if problems:
-        return Step(ctx.step, (Reply(text, problems),))
+    ]
+    if ctx.step == START:
+        # Withdrawing an order held for review is its own action, asked for here (the menu's
+        # choices are answered at the start only: in a sale, the sale's buttons come first).
+        options += [
+            Option(f"order.withdraw:{o.id}", ctx.t("withdraw.option", order=o.number))
+            for o in (await sale.held_orders(ctx.uow, ctx.user))[:3]
+        ]
+    if options:
+        return Step(ctx.step, (Reply(text, tuple(options)),))
     return Step(ctx.step, (Reply(text), *await PROMPTS[ctx.step](ctx)))
 
 
+# Steps before any order exists: /cancel says the card (or list) being added was dropped.
+_CARD_STEPS = frozenset(
+    {AWAIT_CARD, AWAIT_CARD_CHOICE, AWAIT_SECRET, AWAIT_BATCH_FIX, AWAIT_BATCH_PHOTO}
+    | {AWAIT_BATCH_CARD_CHOICE, AWAIT_BATCH_SECRET}
+)
+
+
 async def cmd_cancel(ctx: Ctx) -> Step:
-    """Withdraw the sale in progress and go back to the menu. An order being paid, or one whose
-    payout failed (the money is the user's), cannot be cancelled: CannotCancel says why."""
-    withdrawn = False
-    if ctx.data.get("order_id"):
-        order = await sale.cancel_order(
-            ctx.uow, ctx.deps, int(ctx.data["order_id"]), f"user:{ctx.user.id}"
-        )
-        withdrawn = order.status is OrderStatus.CANCELLED
-    # Also what waits on us rather than on the user: under review, or approved while the
-    # issuer is unreachable (the card has not been redeemed yet, so nothing is lost).
-    for order in await sale.cancellable_orders(ctx.uow, ctx.user):
-        assert order.id is not None
-        await sale.cancel_order(ctx.uow, ctx.deps, order.id, f"user:{ctx.user.id}")
-        withdrawn = True
+    """Cancel the step in progress, saying what was cancelled, and go back to the menu. Only
+    what the user is still deciding about (a quote, an accepted quote before confirming) is
+    cancelled. An order already submitted — under review, approved, being paid — is never
+    cancelled here: CannotCancel says so and the step stays; an order held for review is
+    withdrawn only by its own confirmed action (/orders). A failed payout's money is the
+    user's: CannotCancel asks for another account."""
+    said: list[Reply] = []
+    if ctx.data.get("batch_id"):
+        found = await ctx.uow.batches.get(int(ctx.data["batch_id"]))
+        count = await batch.cancel_batch(ctx.uow, ctx.deps, found.id or 0, f"user:{ctx.user.id}")
+        if count:
+            said.append(Reply(ctx.t("cancel.batch", batch=found.number, count=count)))
+        elif found.submitted_at is not None and ctx.step == AWAIT_SETTLEMENT:
+            raise CannotCancel("sell.cannot_cancel_batch", batch=found.number)
+    elif ctx.data.get("order_id"):
+        order = await ctx.uow.orders.get(int(ctx.data["order_id"]))
+        if order.status is OrderStatus.PAYOUT_FAILED:
+            raise CannotCancel(
+                "sell.cannot_cancel_owed", order=order.number, amount=yuan(order.payout_fen)
+            )
+        if order.status in sale.OPEN_STATUSES:
+            assert order.id is not None
+            await sale.cancel_order(ctx.uow, ctx.deps, order.id, f"user:{ctx.user.id}")
+            said.append(Reply(ctx.t("cancel.order", order=order.number, card=order.card_masked)))
+        elif order.status in (*sale.HELD_STATUSES, *SETTLING):
+            raise CannotCancel("sell.cannot_cancel_paying", order=order.number)
+    if not said and ctx.step in _CARD_STEPS:
+        said.append(Reply(ctx.t("cancel.card_step")))
+    elif not said and ctx.step != START:
+        said.append(Reply(ctx.t("cancel.step")))
     _clear_sale(ctx)
-    key = "sell.cancelled" if withdrawn or ctx.step != START else "sell.nothing_to_cancel"
-    return Step(START, (Reply(ctx.t(key)), *await prompt_start(ctx)))
+    if not said:
+        said.append(Reply(ctx.t("sell.nothing_to_cancel")))
+    # Say what /cancel left alone, so nobody believes a held order was withdrawn.
+    for held in await sale.held_orders(ctx.uow, ctx.user):
+        said.append(Reply(ctx.t("sell.held_not_cancelled", order=held.number)))
+    return Step(START, (*said, *await prompt_start(ctx)))
+
+
+async def on_withdraw_ask(ctx: Ctx) -> Step:
+    """``order.withdraw:ID`` (from /orders): ask to confirm, naming the order and amount."""
+    order_id = int(str(ctx.inbound.option).split(":", 1)[1])
+    order = await ctx.uow.orders.get(order_id)
+    if order.user_id != ctx.user.id or order.status not in sale.HELD_STATUSES:
+        raise CannotCancel("withdraw.not_held", order=order.number)
+    ctx.data["withdraw_order_id"] = order.id
+    return Step(AWAIT_WITHDRAW_CONFIRM, await prompt_withdraw_confirm(ctx))
+
+
+async def prompt_withdraw_confirm(ctx: Ctx) -> tuple[Reply, ...]:
+    order = await ctx.uow.orders.get(int(ctx.data["withdraw_order_id"]))
+    text = ctx.t("withdraw.confirm", order=order.number, amount=yuan(order.payout_fen))
+    return (
+        Reply(
+            text,
+            (
+                Option(f"withdraw.yes:{order.id}", ctx.t("withdraw.yes")),
+                Option(f"withdraw.keep:{order.id}", ctx.t("withdraw.keep")),
+            ),
+        ),
+    )
+
+
+async def on_withdraw_confirm(ctx: Ctx) -> Step:
+    """Withdraw the held order (only if it is still held), or keep it."""
+    order_id = int(str(ctx.inbound.option).split(":", 1)[1])
+    ctx.data.pop("withdraw_order_id", None)
+    if _action(ctx) == "withdraw.keep":
+        order = await ctx.uow.orders.get(order_id)
+        kept = Reply(ctx.t("withdraw.kept", order=order.number))
+        return Step(START, (kept, *await prompt_start(ctx)))
+    try:
+        order = await sale.withdraw_order(ctx.uow, ctx.deps, ctx.user, order_id)
+    except CannotCancel as refusal:
+        said = Reply(ctx.t(refusal.key, **refusal.params))
+        return Step(START, (said, *await prompt_start(ctx)))
+    done = Reply(ctx.t("withdraw.done", order=order.number, amount=yuan(order.payout_fen)))
+    return Step(START, (done, *await prompt_start(ctx)))
 
 
 async def _withdraw_open_orders(ctx: Ctx) -> bool:
@@ -318,6 +396,8 @@ def _clear_sale(ctx: Ctx) -> None:
 
 async def on_menu(ctx: Ctx) -> Step:
     choice = ctx.inbound.option
+    if _action(ctx) == "order.withdraw":
+        return await on_withdraw_ask(ctx)
     command = {
         "menu.sell": cmd_sell,
         "menu.prices": cmd_prices,
@@ -501,6 +581,10 @@ async def on_quote_choice(ctx: Ctx) -> Step:
         return Step(START, (Reply(ctx.t("quote.no_longer_open")), *await prompt_start(ctx)))
     try:
         await sale.accept_quote(ctx.uow, ctx.deps, order)
+    except CardHeld as held:
+        # Someone else accepted this card first: it is theirs (our quote is cancelled).
+        _clear_sale(ctx)
+        return Step(AWAIT_CARD, (Reply(ctx.t(held.key)), Reply(ctx.t("sell.ask_another_card"))))
     except QuoteExpired:
         # The lock ran out: check the card again and show a fresh quote to agree to.
         card = await ctx.uow.cards.get(order.card_id)
@@ -972,7 +1056,8 @@ async def _capture_and_quote(ctx: Ctx, lines: tuple[batch.BatchLine, ...], sourc
     for line in lines:
         try:
             card = await batch.capture_listed_card(ctx.uow, ctx.deps, ctx.user, line)
-        except (CardLocked, CardNotRecognised, WrongSecret) as refusal:
+        except (CardUnusable, CardNotRecognised, WrongSecret) as refusal:
+            # Locked for this person, or a brand not bought now: the other cards go on.
             problems.append(batch.card_problem(mask_card_number(line.number), refusal))
             continue
         assert card.id is not None
@@ -1015,6 +1100,12 @@ async def on_batch_quote_choice(ctx: Ctx) -> Step:
         return Step(START, (Reply(ctx.t("quote.declined")), *await prompt_start(ctx)))
     try:
         await batch.accept_batch(ctx.uow, ctx.deps, batch_id)
+    except CardHeld:
+        # Someone else accepted one of the cards first: price the others again.
+        found = await ctx.uow.batches.get(batch_id)
+        card_ids = [int(i) for i in ctx.data.get("batch_card_ids") or []]
+        step = await _quote_batch_step(ctx, card_ids, found.source, found, [])
+        return replace(step, replies=(Reply(ctx.t("batch.card_taken_requoted")), *step.replies))
     except QuoteExpired as expired:
         if expired.key == "quote.no_longer_open":
             _clear_sale(ctx)
@@ -1234,6 +1325,7 @@ TABLE: dict[tuple[str, InputKind], StepHandler] = {
     (AWAIT_BATCH_CARD_CHOICE, CHOICE): on_batch_card_choice,
     (AWAIT_BATCH_SECRET, TEXT): on_batch_secret,
     (AWAIT_BATCH_QUOTE, CHOICE): on_batch_quote_choice,
+    (AWAIT_WITHDRAW_CONFIRM, CHOICE): on_withdraw_confirm,
 }
 
 COMMANDS: dict[str, StepHandler] = {
@@ -1266,6 +1358,7 @@ PROMPTS = {
     AWAIT_BATCH_CARD_CHOICE: prompt_card_choice,
     AWAIT_BATCH_SECRET: prompt_batch_secret,
     AWAIT_BATCH_QUOTE: prompt_batch_quote,
+    AWAIT_WITHDRAW_CONFIRM: prompt_withdraw_confirm,
 }
 
 

@@ -4,6 +4,7 @@ unit of work owns the transaction."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections.abc import Mapping, Sequence
@@ -72,6 +73,8 @@ PROCESSED_INBOUND: Table = metadata.tables[ProcessedInboundRow.__tablename__]
 
 # Any constant works; it only has to be the same in every process that appends to the audit log.
 AUDIT_LOCK_KEY = 0x0CA2DB07
+# The key space (first key of the two-key form) of advisory locks on cards by fingerprint.
+CARD_LOCK_CLASS = 0x0CA2D
 
 
 def _utc(value: datetime) -> datetime:
@@ -628,6 +631,15 @@ class SqlAlchemyOrderRepository(_Records[Order, OrderRow]):
             raise KeyError(f"order {order_id} not found")
         return _order(row)
 
+    async def lock_card(self, card_fp: str) -> None:
+        """Lock one card by fingerprint until the unit of work ends (PostgreSQL: a transaction
+        advisory lock in its own key space; SQLite: the unit of work holds the write lock)."""
+        if self._session.get_bind().dialect.name == "postgresql":
+            key = int.from_bytes(hashlib.sha256(card_fp.encode()).digest()[:4], "big", signed=True)
+            await self._session.execute(
+                select(func.pg_advisory_xact_lock(literal_column(str(CARD_LOCK_CLASS)), key))
+            )
+
     async def with_status(self, statuses: Sequence[OrderStatus]) -> Sequence[Order]:
         """Every order in one of the statuses, oldest first."""
         result = await self._session.scalars(
@@ -638,8 +650,13 @@ class SqlAlchemyOrderRepository(_Records[Order, OrderRow]):
         return [_order(row) for row in result]
 
     async def update(self, order: Order) -> None:
-        """Store changed fields (status, risk, payout account, timestamps)."""
-        await self._store(order.id, _order_values(order))
+        """Store changed fields (status, risk, payout account, timestamps). A second order
+        taking a card another order owns breaks the partial unique index: ConcurrentUpdate
+        (the conversation engine then handles the message again, and it hears CardHeld)."""
+        try:
+            await self._store(order.id, _order_values(order))
+        except SqlIntegrityError as exc:
+            raise ConcurrentUpdate("the card is owned by another order") from exc
 
     async def for_user(self, user_id: int, limit: int = 10) -> Sequence[Order]:
         """A user's orders, newest first."""

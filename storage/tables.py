@@ -168,9 +168,32 @@ class QuoteRow(Base):
     rates_version: Mapped[str] = mapped_column(String(64))
 
 
+# Orders that own their card (core.sale.CARD_HOLDING_STATUSES): at most one per card.
+CARD_HOLDING_STATES = (
+    "accepted",
+    "review",
+    "approved",
+    "redeemed",
+    "paying",
+    "settled",
+    "payout_failed",
+)
+_CARD_HOLDING_WHERE = "status IN ({})".format(", ".join(f"'{s}'" for s in CARD_HOLDING_STATES))
+
+
 class OrderRow(Base):
     __tablename__ = "orders"
-    __table_args__ = (Index("ix_orders_user_id_created_at", "user_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_orders_user_id_created_at", "user_id", "created_at"),
+        # One owner per card, decided when a quote is accepted (the sale also locks the card).
+        Index(
+            "uq_orders_card_fp_holding",
+            "card_fp",
+            unique=True,
+            sqlite_where=text(_CARD_HOLDING_WHERE),
+            postgresql_where=text(_CARD_HOLDING_WHERE),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))

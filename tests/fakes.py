@@ -100,3 +100,25 @@ class GatedReader:
         self.entered.set()
         await self.release.wait()
         return await self.inner.read(image)
+
+
+class MisreportingIssuer:
+    """Wraps a real issuer; ``verify`` reports the balances given in ``balances`` (by card
+    number) instead of the true ones — an issuer whose data cannot be trusted."""
+
+    def __init__(self, inner: Any, balances: dict[str, int]) -> None:
+        self.inner = inner
+        self.balances = dict(balances)
+
+    async def verify(self, brand: str, number: str, secret: str | None) -> Any:
+        from dataclasses import replace
+
+        verification = await self.inner.verify(brand, number, secret)
+        if number in self.balances:
+            return replace(verification, balance_fen=self.balances[number])
+        return verification
+
+    async def redeem(
+        self, brand: str, number: str, secret: str | None, amount_fen: int, reference: str
+    ) -> Any:
+        return await self.inner.redeem(brand, number, secret, amount_fen, reference)

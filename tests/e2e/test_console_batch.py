@@ -45,9 +45,16 @@ def card_file(tmp_path: Path, count: int = 40) -> Path:
     return path
 
 
-async def started(tmp_path: Path, database_url: str, **kwargs: object) -> Harness:
+async def started(
+    tmp_path: Path, database_url: str, aged: bool = True, **kwargs: object
+) -> Harness:
+    """A cardbot with the test cards; ``aged``: the user's account was opened a day ago (a batch
+    from an account opened minutes ago is held by the new-account rule)."""
     h = Harness(tmp_path, database_url, cards=card_file(tmp_path), **kwargs)  # type: ignore[arg-type]
     await h.start()
+    if aged:
+        await h.say("/start")
+        h.clock.advance(hours=25)
     return h
 
 
@@ -223,9 +230,17 @@ async def test_a_card_held_for_review_waits_while_the_others_are_paid(
 ) -> None:
     rules = tmp_path / "risk.toml"
     shipped = (Path(__file__).resolve().parents[2] / "bot" / "risk.toml").read_text("utf-8")
-    rules.write_text(shipped.replace("min_payout_fen = 200_000", "min_payout_fen = 90_000"))
+    rules.write_text(shipped.replace("review_at = 5", "review_at = 1"))
     h = await started(tmp_path, database_url, risk_rules=rules)
     try:
+        # Someone else got the JD card's secret wrong: a sale of that card is held for review.
+        mallory = Harness(tmp_path, database_url, cards=card_file(tmp_path))
+        mallory.user, mallory.clock = "mallory", h.clock
+        await mallory.start()
+        await mallory.say("/sell")
+        await mallory.say(JD_1000[0])
+        await mallory.say("A3K97Q2MX5T8W4P7")
+        await mallory.close()
         await h.say("/sell")
         listed = [walmart(26), JD_1000, walmart(27)]
         await h.say("\n".join(f"{n} {s}" for n, s in listed))

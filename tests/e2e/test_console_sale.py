@@ -455,7 +455,7 @@ async def test_a_payout_with_an_unknown_outcome_is_queried_and_never_sent_twice(
     assert len(transfers) == 1
 
 
-async def test_a_card_already_held_by_another_order_is_rejected_with_the_reason(
+async def test_a_card_already_held_by_another_order_is_refused_at_quote_time(
     harness: Harness, tmp_path: Path
 ) -> None:
     await play(harness, SCRIPT[:2])
@@ -473,10 +473,10 @@ async def test_a_card_already_held_by_another_order_is_rejected_with_the_reason(
         await play(bob, SCRIPT[:2])
         await bob.say(SINOPEC_55K[0])
         await bob.say(SINOPEC_55K[1])
-        await play(bob, SCRIPT[4:])
-        await verify_level_2(bob)
-        assert ZH("risk.same_card") in bob.text()
+        # Told before agreeing to anything, not rejected after giving an identity.
+        assert ZH("error.card_held") in bob.text()
+        assert await bob.step() == "await_card"
         orders = await bob.orders()
-        assert sorted(o.status.value for o in orders) == ["rejected", "review"]
+        assert [o.status.value for o in orders] == ["review"]
     finally:
         await bob.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+from dataclasses import replace
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from core.catalog import default_catalog
-from core.errors import CardUnusable
+from core.errors import BrandNotBought, CardUnusable
 from core.model import QuoteLine
 from core.money import apply_rate
 from core.pricing import (
@@ -21,6 +22,8 @@ from core.pricing import (
     RateBand,
     band_for,
     default_pricing,
+    dropped_brands,
+    merged_into,
     price_list,
     quote_card,
 )
@@ -122,9 +125,27 @@ def test_the_smallest_payout_at_the_minimum_is_accepted() -> None:
     assert quote_card(POLICY, "wumart", 5_000, 1_295, FAR, TODAY).payout_fen == 1_001
 
 
-def test_a_brand_without_rates_raises_key_error() -> None:
-    with pytest.raises(KeyError):
+def test_a_brand_without_rates_is_a_refusal_the_user_is_told_not_a_crash() -> None:
+    with pytest.raises(BrandNotBought) as refused:
         quote_card(POLICY, "nosuchbrand", 50_000, 50_000, FAR, TODAY)
+    assert refused.value.key == "error.brand_not_bought"
+    assert isinstance(refused.value, CardUnusable)  # every caller already refuses it cleanly
+
+
+def test_merging_keeps_every_brand_the_new_table_does_not_list() -> None:
+    only_walmart = replace(
+        POLICY,
+        rates={"walmart": (RateBand(None, 9_500),)},
+        expiry_adjust_by_brand={},
+        version="w-1",
+    )
+    merged = merged_into(only_walmart, POLICY)
+    assert set(merged.rates) == set(POLICY.rates)
+    assert merged.rates["walmart"] == (RateBand(None, 9_500),)
+    assert merged.rates["rtmart"] == POLICY.rates["rtmart"]
+    assert merged.version == "w-1"
+    assert dropped_brands(only_walmart, POLICY) == sorted(set(POLICY.rates) - {"walmart"})
+    assert dropped_brands(merged, POLICY) == []
 
 
 @pytest.mark.parametrize(("face", "balance"), [(0, 0), (-1, 0), (100, -1)])

@@ -187,7 +187,7 @@ def test_five_failures_in_thirty_minutes_suspend() -> None:
 
 def test_the_shipped_rules_file_parses_to_the_documented_rules() -> None:
     policy = parse_policy((ROOT / "bot" / "risk.toml").read_text(encoding="utf-8"))
-    assert policy.version == "2026-11-22.1"
+    assert policy.version == "2026-12-04.1"
     assert replace(policy, version=POLICY.version) == POLICY
 
 
@@ -271,3 +271,34 @@ def test_now_always_lies_in_a_24_hour_day_starting_at_shanghai_midnight(naive: d
     assert start <= now < end
     assert end - start == timedelta(hours=24)
     assert (start.hour, start.minute, start.second, start.microsecond) == (16, 0, 0, 0)
+
+
+def test_wrong_secrets_by_other_people_hold_the_sale_for_review_from_the_threshold() -> None:
+    assert "risk.card_guessed" not in assess(facts(card_wrong_secrets_by_others=4), POLICY).reasons
+    decision = assess(facts(card_wrong_secrets_by_others=5), POLICY)
+    assert decision.outcome is RiskOutcome.REVIEW
+    assert decision.reasons == ("risk.card_guessed",)
+
+
+def test_the_card_secret_rule_is_always_on_and_its_table_tunes_it() -> None:
+    assert parse_policy('version = "v-min"\n').card_secret == POLICY.card_secret
+    tuned = parse_policy(
+        'version = "v"\n[card_secret]\nper_person = 3\nwindow_hours = 12\nreview_at = 2\n'
+        'outcome = "reject"\n'
+    )
+    assert tuned.card_secret.per_person == 3 and tuned.card_secret.window_hours == 12
+    decision = assess(facts(card_wrong_secrets_by_others=2), tuned)
+    assert decision.outcome is RiskOutcome.REJECT
+    with pytest.raises(RiskRulesError, match="card_secret"):
+        parse_policy('version = "v"\n[card_secret]\nreview_at = 0\n')
+    with pytest.raises(RiskRulesError, match="unknown keys"):
+        parse_policy('version = "v"\n[card_secret]\nlock_everyone = true\n')
+
+
+def test_the_amount_rules_judge_the_sale_amount_a_batch_passes_in() -> None:
+    """A batch passes its whole payout: eleven ¥195 cards are one ¥2,145 sale."""
+    young = timedelta(hours=1)
+    one_card = facts(payout_fen=19_500, account_age=young)
+    assert assess(one_card, POLICY).outcome is RiskOutcome.APPROVE
+    whole_batch = facts(payout_fen=11 * 19_500, account_age=young)
+    assert assess(whole_batch, POLICY).reasons == ("risk.new_account",)
