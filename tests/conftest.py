@@ -88,12 +88,16 @@ async def _execute(url: str, *statements: str) -> None:
 
 def _empty_postgres_tables(connection: Connection) -> None:
     # DELETE is much cheaper than TRUNCATE on tiny tables; then restart every id sequence.
+    # Names are schema-qualified: PostgreSQL may evaluate the function for rows of other
+    # schemas (other test runs) before the WHERE filters them out.
     for table in reversed(metadata.sorted_tables):
         connection.execute(table.delete())
     connection.execute(
         text(
             "SELECT setval(s.seq::regclass, 1, false) FROM ("
-            "  SELECT pg_get_serial_sequence(quote_ident(c.table_name), c.column_name) AS seq"
+            "  SELECT pg_get_serial_sequence("
+            "    quote_ident(c.table_schema) || '.' || quote_ident(c.table_name), c.column_name"
+            "  ) AS seq"
             "  FROM information_schema.columns c"
             "  WHERE c.table_schema = current_schema() AND c.column_default LIKE 'nextval(%'"
             ") s WHERE s.seq IS NOT NULL"
