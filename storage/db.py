@@ -69,7 +69,7 @@ def parse_database_url(url: str | URL) -> URL:
         parsed = make_url(url)
     except (ArgumentError, ValueError):
         raise DatabaseUrlError(f"the database URL is malformed; expected {URL_FORMS}") from None
-    backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
+    backend, _, driver = parsed.drivername.partition("+")  # without loading any dialect
     if ASYNC_DRIVERS.get(backend) != driver:
         raise DatabaseUrlError(
             f"the database URL names {parsed.drivername!r}, which cardbot does not run on; "
