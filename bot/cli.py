@@ -91,7 +91,7 @@ def _main(argv: Sequence[str] | None) -> int:
         type=float,
         default=None,
         metavar="SECONDS",
-        help="how long to wait for the running bots to pick up the new key (default: 35)",
+        help="how long to wait for the running bots to pick up the new key (default: 50)",
     )
     keys_sub.add_parser("prune", help="after rotate and a restart: remove the old keys")
     keys_sub.add_parser("fingerprint-key", help="print the fingerprint key (operator secret)")

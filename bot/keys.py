@@ -52,7 +52,7 @@ from storage.keyring import (
 from storage.migrate import upgrade_async
 from storage.rekey import SealedCensus, census
 
-DEFAULT_WAIT_SECONDS = 2 * REFRESH_SECONDS + 5
+DEFAULT_WAIT_SECONDS = 3 * REFRESH_SECONDS + 5
 Now = Callable[[], datetime]
 
 

@@ -6,24 +6,27 @@ number on every retry), and ``cardbot keys prune`` removed the old key while a b
 been restarted went on sealing new values with it (values nobody can open any more).
 
 **The marker.** ``key_generations`` holds one row per announced generation; the newest row is the
-marker: the key every process seals new values with (``primary_key_id``) and the keys that open
-values at that point. ``cardbot keys rotate`` announces a generation when it adds a key (or, with
-keys from the environment, when the configured primary differs from the marker's);
-``cardbot keys prune`` announces one when it has removed the old keys; the first process to find
-the table empty announces generation 1 with its own key. Key ids are public one-way names of
-keys (``storage.crypto.key_id``), never key material.
+marker: the key every process is to seal new values with (``primary_key_id``) and the keys
+that open values at that point. ``cardbot keys rotate`` announces a generation when it adds a
+key (or, with keys from the environment, when the configured primary differs from the
+marker's); ``cardbot keys prune`` announces one when it has removed the old keys; the first
+process to find the table empty announces generation 1 with its own key. Key ids are public
+one-way names of keys (``storage.crypto.key_id``), never key material.
 
 **The holders.** Every process that seals (each ``build_app``: the bots, the console chat, the
-demo) is a :class:`CoordinatedVault`. It registers a row in ``key_holders`` and refreshes it every
-``refresh_seconds``: one short transaction that reads the marker and writes the row. When the
-marker has moved, the process reloads its keys (the key file is read again; keys from the
-environment cannot change under a running process) and, if it now has the marker's key, seals
-with that key from then on. It *reports* the new generation only once every unit of work it had
-open at the moment of the switch has ended (``storage.db.OpenUnits``): a transaction that
-sealed a value under the old key and commits late is not taken for "caught up". A process whose
-keys cannot open the marker's key stays on its generation (and logs why); one that *starts*
-like that is refused (:class:`KeyGenerationUnknown`), since it could not read what the others
-write.
+demo) is a :class:`CoordinatedVault`. It registers a row in ``key_holders`` — the keys it can
+open, the key it seals with, the generation it has caught up with — and refreshes it every
+``refresh_seconds``: one short transaction that reads the generations and the other live
+holders' keys and writes the row. When a new generation appears, the process reloads its keys
+(the key file is read again; keys from the environment cannot change under a running process).
+It seals with the key of the newest generation that *it and every other live process can open*:
+a key is used only once it has reached everyone, so no running process is handed a value it
+cannot open (with two bots, the first to re-read the key file waits for the second). It
+*reports* that generation only once every unit of work it had open at the moment of the switch
+has ended (``storage.db.OpenUnits``): a transaction that sealed a value under the old key and
+commits late is not taken for "caught up". A process whose keys cannot open the newest
+generation's key stays behind (and logs why), which holds rotation back; one that *starts* like
+that is refused (:class:`KeyGenerationUnknown`).
 
 **Checked before every seal, without a query.** ``encrypt`` looks only at memory: the key of the
 generation the last refresh saw, and whether that refresh is younger than ``lease_seconds`` on
@@ -35,7 +38,7 @@ transaction would need the vault threaded through every unit of work. The lease 
 prune the same certainty at the cost of one small write per process every ``refresh_seconds``:
 
 - ``keys rotate`` re-encrypts existing values under the new key only when every live holder has
-  reported the new generation, i.e. every running process can open what it writes; otherwise it
+  reported the new generation (so every running process can open the new key); otherwise it
   leaves them under the old key, which every process can still open, and ``keys prune`` finishes.
 - ``keys prune`` removes old keys only when every live holder has reported the newest generation:
   no process seals under an old key any more, and none has a transaction open that did.
@@ -63,7 +66,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, delete, func, select
+from sqlalchemy import Table, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -178,6 +181,24 @@ async def newest_generation(conn: AsyncConnection) -> KeyGeneration | None:
         await conn.execute(select(GENERATIONS).order_by(GENERATIONS.c.generation.desc()).limit(1))
     ).first()
     return None if row is None else _generation(row)
+
+
+async def _generations(conn: AsyncConnection, limit: int = 20) -> list[KeyGeneration]:
+    """The newest generations, newest first (older ones no longer matter)."""
+    query = select(GENERATIONS).order_by(GENERATIONS.c.generation.desc()).limit(limit)
+    return [_generation(row) for row in (await conn.execute(query)).all()]
+
+
+async def _live_keys(
+    conn: AsyncConnection, now: datetime, lease_seconds: float, exclude: str
+) -> list[frozenset[str]]:
+    """The keys each other live holder can open."""
+    since = now - timedelta(seconds=lease_seconds + SKEW_MARGIN_SECONDS)
+    query = select(HOLDERS.c.key_ids).where(
+        HOLDERS.c.holder_id != exclude, HOLDERS.c.heartbeat_at >= since
+    )
+    rows: list[str] = list((await conn.execute(query)).scalars())
+    return [frozenset(row.split(",")) for row in rows]
 
 
 def _insert_ignoring_conflict(conn: AsyncConnection, table: Table, values: dict[str, Any]) -> Any:
@@ -300,7 +321,7 @@ class CoordinatedVault:
         self._generation = 0  # the generation whose key this process seals with
         self._reported = 0  # the generation it has told the others it holds
         self._pending: tuple[int, int] | None = None  # (generation, OpenUnits mark) to report
-        self._complained: int | None = None  # the marker generation last logged as unknown
+        self._newest: KeyGeneration | None = None  # the newest generation last seen
         self._lease_start: float | None = None
         self._task: asyncio.Task[None] | None = None
         self.holder_id = uuid.uuid4().hex
@@ -343,18 +364,23 @@ class CoordinatedVault:
 
     async def start(self) -> None:
         """Register (announcing generation 1 on an empty table) and start refreshing in the
-        background. KeyGenerationUnknown when these keys cannot open the newest generation's."""
+        background. KeyGenerationUnknown when these keys cannot open the newest generation's
+        key, or no key that the running processes seal with.
+
+        It refreshes twice: on PostgreSQL a generation announced while the first refresh ran
+        may be missed by it, and a process that cannot open that generation's key must not
+        start (the others may already seal with it)."""
         await self.refresh()
-        if self._generation == 0:
-            async with self._engine.begin() as conn:
-                marker = await newest_generation(conn)
+        await self.refresh()
+        marker = self._newest
+        assert marker is not None
+        if self._generation == 0 or marker.primary_key_id not in self._vault.key_ids:
             await self.stop()
-            assert marker is not None
             raise KeyGenerationUnknown(
-                f"the configured data keys cannot open key {marker.primary_key_id}, which the "
-                f"other processes seal with (key generation {marker.generation}): configure it "
-                "(the key file, or CARDBOT_DATA_KEY / CARDBOT_DATA_KEYS_OLD); if that key is "
-                "lost, `cardbot keys rotate` makes the configured key the current one"
+                f"the configured data keys cannot open key {marker.primary_key_id} (key "
+                f"generation {marker.generation}), which the other processes seal with: "
+                "configure it (the key file, or CARDBOT_DATA_KEY / CARDBOT_DATA_KEYS_OLD); if "
+                "that key is lost, `cardbot keys rotate` makes the configured key the current one"
             )
         if self._policy.refresh_seconds is not None:
             self._task = asyncio.create_task(self._keep_fresh(), name="key-generation")
@@ -375,56 +401,69 @@ class CoordinatedVault:
             log.warning("could not remove this process's key-holder row: %s", type(exc).__name__)
 
     async def refresh(self) -> None:
-        """Read the marker, move to its generation when these keys allow, and report; renews
-        the lease on success."""
+        """Read the generations and the other processes' keys; move to the newest generation
+        whose key every running process can open; report; renew the lease on success."""
         started, now = self._policy.monotonic(), self._policy.now()
         async with self._engine.begin() as conn:
-            marker = await newest_generation(conn)
-            if marker is None:
+            generations = await _generations(conn)
+            if not generations:
                 await _insert_generation(conn, 1, self._vault, "first", now)
-                marker = await newest_generation(conn)
-                assert marker is not None
-            if marker.generation != self._generation:
-                self._catch_up(marker)
+                generations = await _generations(conn)
+            newest = generations[0]
+            if self._newest is None or newest.generation != self._newest.generation:
+                self._reload(newest)
+                self._newest = newest
+            others = await _live_keys(conn, now, self._policy.lease_seconds, self.holder_id)
+            self._advance(generations, others)
             if self._pending is not None and self._units.ended_before(self._pending[1]):
                 self._reported, self._pending = self._pending[0], None
             await conn.execute(self._upsert(conn, now))
         self._lease_start = started
 
-    def _catch_up(self, marker: KeyGeneration) -> None:
+    def _reload(self, newest: KeyGeneration) -> None:
+        """Read the keys again (the key file may have a new one): once per new generation."""
         current = self._vault
         try:
             fresh = self._load()
         except KeyConfigError as exc:
             log.error("cannot reload the data keys: %s", exc)
-            fresh = current
+            return
         if not fresh.same_fingerprints(current):
             log.error("the reloaded data keys compute other fingerprints; keeping the old ones")
-            fresh = current
-        if marker.primary_key_id in fresh.key_ids:
-            previous = self._generation
-            self._vault = fresh.with_primary(marker.primary_key_id)
-            self._generation = marker.generation
-            self._pending = (marker.generation, self._units.mark())
-            if previous:
-                log.info(
-                    "now sealing with key %s (key generation %d)",
-                    marker.primary_key_id,
-                    marker.generation,
-                )
             return
         if current.primary_key_id in fresh.key_ids:
-            self._vault = fresh.with_primary(current.primary_key_id)  # new keys open, same seal
-        if self._complained != marker.generation:
-            self._complained = marker.generation
+            self._vault = fresh.with_primary(current.primary_key_id)
+        elif newest.primary_key_id in fresh.key_ids:
+            # The sealing key left the configuration: pruned, so every process has moved on.
+            self._vault = fresh.with_primary(newest.primary_key_id)
+        if newest.primary_key_id not in self._vault.key_ids:
             log.error(
                 "key generation %d seals with key %s, which this process does not have: it "
-                "keeps sealing with key %s and blocks `cardbot keys prune`; restart it with "
-                "the new keys",
-                marker.generation,
-                marker.primary_key_id,
-                current.primary_key_id,
+                "keeps sealing with key %s, and holds back `cardbot keys rotate` and `prune`; "
+                "restart it with the new keys",
+                newest.generation,
+                newest.primary_key_id,
+                self._vault.primary_key_id,
             )
+
+    def _advance(
+        self, generations: Sequence[KeyGeneration], others: Sequence[frozenset[str]]
+    ) -> None:
+        """Seal with the key of the newest generation that this process and every other live
+        one can open — never going back (a process that is about to be refused at start may
+        show up for a moment without the newest key)."""
+        for candidate in generations:  # newest first
+            if candidate.generation <= self._generation:
+                return
+            key = candidate.primary_key_id
+            if key in self._vault.key_ids and all(key in keys for keys in others):
+                previous = self._generation
+                self._vault = self._vault.with_primary(key)
+                self._generation = candidate.generation
+                self._pending = (candidate.generation, self._units.mark())
+                if previous:
+                    log.info("now sealing with key %s (key generation %d)", key, self._generation)
+                return
 
     def _upsert(self, conn: AsyncConnection, now: datetime) -> Any:
         values = {
@@ -471,11 +510,3 @@ class CoordinatedVault:
                     "sealing stops once the lease runs out",
                     type(exc).__name__,
                 )
-
-
-async def count_generations(engine: AsyncEngine) -> int:
-    """How many generations were announced (for tests and status)."""
-    async with engine.connect() as conn:
-        return int(
-            (await conn.execute(select(func.count()).select_from(GENERATIONS))).scalar_one()
-        )

@@ -248,13 +248,18 @@ async def test_prune_is_refused_while_a_bot_still_seals_with_the_old_key(
         assert await _rotate() == 1
         assert alice.app is not None and alice.app.keyring is not None
         assert bob.app is not None and bob.app.keyring is not None
-        await alice.app.keyring.refresh()  # alice's process has the new key; bob's not yet
+        file_keys = load_vault(None, operator)
+        old_key, new_key = file_keys.key_ids[1], file_keys.primary_key_id
+        # Alice's process re-reads the key file, but seals with the new key only once bob's
+        # can open it too.
+        await alice.app.keyring.refresh()
+        assert new_key in alice.app.keyring.key_ids
+        assert alice.app.keyring.sealing_key_id == old_key
 
         assert await _prune() == 1
-        assert "1 running process(es) still hold an older key generation" in (
+        assert "2 running process(es) still hold an older key generation" in (
             capsys.readouterr().err
         )
-        old_key = load_vault(None, operator).key_ids[1]
         assert len(_key_ids(operator)) == 2  # nothing removed
 
         # Bob's process seals with the old key meanwhile; it still opens with the file's keys.
@@ -262,8 +267,11 @@ async def test_prune_is_refused_while_a_bot_still_seals_with_the_old_key(
         assert await _sealed_keys(bob) == {old_key}
         assert await _run("keys", "status") == 0
 
-        # Once bob's process has caught up, prune re-encrypts what it sealed and removes the key.
+        # Once both have caught up, prune re-encrypts what bob's sealed and removes the old key.
         await bob.app.keyring.refresh()
+        assert bob.app.keyring.sealing_key_id == load_vault(None, operator).primary_key_id
+        assert await _prune() == 1  # alice's process has not switched yet
+        await alice.app.keyring.refresh()
         assert await _prune() == 0
         [kept] = _key_ids(operator)
         assert await _sealed_keys(bob) == {load_vault(None, operator).primary_key_id}

@@ -156,3 +156,47 @@ async def test_announcements_get_consecutive_generations(
     assert numbers == [1, 2]
     marker = await current_generation(uow_factory.engine)
     assert marker is not None and marker.reason == "prune" and marker.created_at == NOW
+
+
+async def test_a_new_key_is_sealed_with_only_once_every_running_process_can_open_it(
+    uow_factory: SqlAlchemyUnitOfWorkFactory,
+) -> None:
+    old, new = os.urandom(32), os.urandom(32)
+    file_keys = Keys(old)  # one key file, read by two processes
+    first, second = process(uow_factory, file_keys), process(uow_factory, file_keys)
+    await first.start()
+    await second.start()
+    file_keys.keys = [new, old]
+    generation = await announce(uow_factory.engine, file_keys.vault(), "rotate", NOW)
+    new_id = file_keys.vault().primary_key_id
+
+    await first.refresh()  # it has the new key, the other process not yet
+    assert new_id in first.key_ids and first.sealing_key_id != new_id
+    assert second.decrypt(first.encrypt("x", "c"), "c") == "x"
+    await second.refresh()  # the first can open it: the second seals with it at once
+    assert second.sealing_key_id == new_id and second.generation == generation.generation
+    assert first.decrypt(second.encrypt("y", "c"), "c") == "y"
+    await first.refresh()
+    assert first.sealing_key_id == new_id
+    assert behind(await holders(uow_factory.engine), generation.generation, NOW) == []
+    await first.stop()
+    await second.stop()
+
+
+async def test_a_process_that_cannot_open_the_newest_key_is_refused_even_if_no_one_uses_it_yet(
+    uow_factory: SqlAlchemyUnitOfWorkFactory,
+) -> None:
+    old, new = os.urandom(32), os.urandom(32)
+    running = process(uow_factory, Keys(old))  # environment keys: it never gets the new one
+    await running.start()
+    await announce(uow_factory.engine, Keys(new, old).vault(), "rotate", NOW)
+    late_starter = process(uow_factory, Keys(old))
+    with pytest.raises(KeyGenerationUnknown):
+        await late_starter.start()
+    # Restarted with both keys, it starts — and seals with the old key, which the running
+    # process can open, until that one has the new key too.
+    restarted = process(uow_factory, Keys(new, old))
+    await restarted.start()
+    assert restarted.sealing_key_id == running.sealing_key_id
+    await running.stop()
+    await restarted.stop()
