@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from sqlalchemy.exc import DBAPIError
+
 from bot.sandbox.issuer import SandboxCardIssuer
 from bot.sandbox.kyc import SandboxKycProvider
 from bot.sandbox.payouts import SandboxPayoutGateway
@@ -20,8 +22,14 @@ from handlers import broadcast as broadcast_commands
 from handlers.desk import Desk
 from handlers.engine import Conversation, Services
 from handlers.sell import sell_flow
-from storage.crypto import load_vault
-from storage.db import SqlAlchemyUnitOfWorkFactory, is_sqlite
+from storage.db import (
+    DatabaseUnreachable,
+    SqlAlchemyUnitOfWorkFactory,
+    describe_database,
+    is_sqlite,
+    probe_database,
+)
+from storage.keyring import CoordinatedVault, LeasePolicy
 from storage.migrate import upgrade_async
 from vision.reader import DEFAULT_BUDGET_MS, PyzbarCardReader
 
@@ -43,9 +51,12 @@ class App:
     uow_factory: SqlAlchemyUnitOfWorkFactory
     services: Services
     conversation: Conversation
+    keyring: CoordinatedVault | None = None  # the vault in services, coordinating key rotation
 
     async def close(self) -> None:
-        """Release connections."""
+        """Leave the key holders and release connections."""
+        if self.keyring is not None:
+            await self.keyring.stop()
         await self.uow_factory.dispose()
 
 
@@ -85,21 +96,38 @@ async def build_app(
     gateway: PayoutGateway | None = None,
     kyc: KycProvider | None = None,
     migrate: bool | None = None,
+    key_lease: LeasePolicy | None = None,
+    database_must_exist: bool = False,
 ) -> App:
-    """Build cardbot from settings; tests pass fakes for the ports they control."""
+    """Build cardbot from settings; tests pass fakes for the ports they control (and a
+    ``key_lease`` with their own clocks). ``database_must_exist``: refuse a database that is
+    not there yet instead of creating it (``cardbot chat``)."""
+    from bot.keys import vault_for
+
     clock = clock or SystemClock()
     url = settings.resolved_database_url
+    catalog = default_catalog()
+    # A bad rules file is named before the database is touched; a missing or unreachable
+    # database before a key file is created for it.
+    risk = load_risk_policy(settings.risk_rules)
+    await probe_database(url, must_exist=database_must_exist)
+    vault_for(settings)
     if migrate if migrate is not None else is_sqlite(url):
         # The embedded database migrates itself; a shared server is migrated by an operator
         # with `cardbot db upgrade` so that several processes never race to do it.
         await upgrade_async(url)
-    catalog = default_catalog()
-    vault = load_vault(
-        settings.data_key.get_secret_value() if settings.data_key else None,
-        settings.resolved_key_file,
-        settings.data_keys_old.get_secret_value() if settings.data_keys_old else None,
-        settings.fingerprint_key.get_secret_value() if settings.fingerprint_key else None,
-    )
+    uow_factory = SqlAlchemyUnitOfWorkFactory.from_url(url)
+    vault = CoordinatedVault(lambda: vault_for(settings), uow_factory, key_lease)
+    try:
+        await vault.start()
+    except (DBAPIError, OSError) as exc:
+        await uow_factory.dispose()
+        raise DatabaseUnreachable(
+            f"cannot register with the database at {describe_database(url)}: {type(exc).__name__}"
+        ) from None
+    except BaseException:
+        await uow_factory.dispose()
+        raise
     settings.sandbox_dir.mkdir(parents=True, exist_ok=True)
     issuer = issuer or SandboxCardIssuer(
         settings.sandbox_cards, settings.sandbox_dir / "issuer.sqlite3", catalog, clock
@@ -110,12 +138,11 @@ async def build_app(
         late_seconds=settings.sandbox_payout_late_seconds,
         delay_seconds=settings.sandbox_payout_delay_seconds,
     )
-    uow_factory = SqlAlchemyUnitOfWorkFactory.from_url(url)
     services = Services(
         sale=SaleDeps(
             catalog=catalog,
             pricing=default_pricing(),
-            risk=load_risk_policy(settings.risk_rules),
+            risk=risk,
             issuer=issuer,
             gateway=gateway,
             vault=vault,
@@ -132,4 +159,5 @@ async def build_app(
         user_commands=broadcast_commands.USER_COMMANDS,
         admin_image=broadcast_commands.on_admin_image,
     )
-    return App(settings, uow_factory, services, Conversation(services, sell_flow(), desk))
+    conversation = Conversation(services, sell_flow(), desk)
+    return App(settings, uow_factory, services, conversation, keyring=vault)

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 async def run_chat(settings: Settings, user_id: str, lang: str) -> int:
     """Read lines from stdin until EOF; print the bot's replies."""
     configure_logging(settings.log_level, settings.var_dir / "cardbot.log")
-    app = await build_app(settings)
+    app = await build_app(settings, database_must_exist=True)
     notifier = ConsoleNotifier(user_id=user_id)
     channel = ConsoleChannel(app.conversation, user_id=user_id, lang=lang)
     hello = (

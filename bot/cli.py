@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -16,15 +18,33 @@ if TYPE_CHECKING:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``cardbot`` console script."""
+    """Entry point of the ``cardbot`` console script. What an operator can get wrong (bad
+    settings or keys, a database that is missing, malformed or unreachable, output closed
+    early as in ``cardbot orders | head``) ends in one line on stderr and a non-zero exit."""
     from bot.app import ConfigError
     from storage.crypto import KeyConfigError
+    from storage.db import DatabaseUnavailable
 
     try:
-        return _main(argv)
-    except (ConfigError, KeyConfigError) as exc:
+        code = _main(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
+    except (ConfigError, KeyConfigError, DatabaseUnavailable) as exc:
         print(f"cardbot: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        _discard_stdout()
+        print("cardbot: the output was closed before it was all written", file=sys.stderr)
+        return 1
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -65,7 +85,14 @@ def _main(argv: Sequence[str] | None) -> int:
     keys = sub.add_parser("keys", help="data keys: status, rotation (see bot/keys.py)")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     keys_sub.add_parser("status", help="open every sealed value; which key each needs")
-    keys_sub.add_parser("rotate", help="new primary key; re-encrypt every sealed value")
+    rotate = keys_sub.add_parser("rotate", help="new primary key; re-encrypt every sealed value")
+    rotate.add_argument(
+        "--wait",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="how long to wait for the running bots to pick up the new key (default: 50)",
+    )
     keys_sub.add_parser("prune", help="after rotate and a restart: remove the old keys")
     keys_sub.add_parser("fingerprint-key", help="print the fingerprint key (operator secret)")
 
@@ -124,8 +151,10 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"cardbot: bad settings: {exc}", file=sys.stderr)
         return 2
     if args.command == "db":
+        from storage.db import probe_database
         from storage.migrate import upgrade
 
+        asyncio.run(probe_database(settings.resolved_database_url, must_exist=False))
         upgrade(settings.resolved_database_url)
         print("database is up to date")
         return 0
@@ -152,12 +181,11 @@ def _main(argv: Sequence[str] | None) -> int:
 
         if args.keys_command == "fingerprint-key":
             return key_commands.fingerprint_key(settings)
-        command = {
-            "status": key_commands.status,
-            "rotate": key_commands.rotate,
-            "prune": key_commands.prune,
-        }[args.keys_command]
-        return asyncio.run(command(settings))
+        if args.keys_command == "rotate":
+            wait = key_commands.DEFAULT_WAIT_SECONDS if args.wait is None else args.wait
+            return asyncio.run(key_commands.rotate(settings, wait_seconds=max(0.0, wait)))
+        command = {"status": key_commands.status, "prune": key_commands.prune}
+        return asyncio.run(command[args.keys_command](settings))
     if args.command == "review":
         from bot import ops
 
@@ -211,14 +239,10 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 async def _open(settings: Settings) -> SqlAlchemyUnitOfWorkFactory:
-    """Storage for a one-off command; the embedded database migrates itself as the app does."""
-    from storage.db import SqlAlchemyUnitOfWorkFactory, is_sqlite
-    from storage.migrate import upgrade_async
+    """Storage for a one-off command: the database must exist (``bot.keys.storage_for``)."""
+    from bot.keys import storage_for
 
-    url = settings.resolved_database_url
-    if is_sqlite(url):
-        await upgrade_async(url)
-    return SqlAlchemyUnitOfWorkFactory.from_url(url)
+    return await storage_for(settings)
 
 
 async def _audit_verify(settings: Settings, anchor: str | None) -> int:

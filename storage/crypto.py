@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import copy
 import hashlib
 import hmac
 import json
@@ -90,6 +91,22 @@ class AesGcmVault:
         elif len(fingerprint_key) < KEY_BYTES:
             raise KeyConfigError(f"the fingerprint key must be at least {KEY_BYTES} bytes")
         self._fingerprint_key = fingerprint_key
+
+    def with_primary(self, primary_key_id: str) -> AesGcmVault:
+        """The same keys and fingerprint key, sealing under ``primary_key_id`` (hex), which
+        must be one of them: a process seals with the key its key generation names
+        (``storage.keyring``), whatever order its own configuration lists the keys in."""
+        wanted = bytes.fromhex(primary_key_id)
+        if wanted not in self._ciphers:
+            raise KeyConfigError(f"key {primary_key_id} is not among this vault's keys")
+        twin = copy.copy(self)
+        twin._primary_id = wanted
+        return twin
+
+    def same_fingerprints(self, other: AesGcmVault) -> bool:
+        """Whether ``other`` computes the same fingerprints (a reloaded key file must not
+        change them under a running process)."""
+        return hmac.compare_digest(self._fingerprint_key, other._fingerprint_key)
 
     @property
     def primary_key_id(self) -> str:

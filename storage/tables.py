@@ -589,3 +589,39 @@ class BroadcastOptOutRow(Base):
 
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
     opted_out_at: Mapped[datetime]
+
+
+# --------------------------------------------------------------------------------------------
+# Data-key generations (storage/keyring.py): which key every process seals with, and which
+# processes hold which generation, so that rotation and pruning never strand a sealed value.
+
+
+class KeyGenerationRow(Base):
+    """One announced key generation: the key new values are sealed with (``primary_key_id``)
+    and the keys that open values at that point. Key ids are public one-way names of keys
+    (``storage.crypto.key_id``), never key material. The newest row is the marker."""
+
+    __tablename__ = "key_generations"
+
+    generation: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    primary_key_id: Mapped[str] = mapped_column(String(16))
+    key_ids: Mapped[str] = mapped_column(String(400))
+    reason: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime]
+
+
+class KeyHolderRow(Base):
+    """A running process that seals values: the generation it has caught up with (every
+    unit of work it began before switching has ended), the key it seals with, when it last
+    confirmed (``heartbeat_at``). Removed when the process stops."""
+
+    __tablename__ = "key_holders"
+
+    holder_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    generation: Mapped[int] = mapped_column(Integer)
+    sealing_key_id: Mapped[str] = mapped_column(String(16))
+    key_ids: Mapped[str] = mapped_column(String(400))
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime]
+    heartbeat_at: Mapped[datetime]

@@ -15,12 +15,24 @@ CARDBOT = [sys.executable, "-m", "bot.cli"]
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def cardbot(*args: str, var_dir: Path) -> subprocess.CompletedProcess[str]:
+def cardbot(
+    *args: str, var_dir: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CARDBOT, *args],
+        cwd=ROOT,
+        env=_env(var_dir, env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def _env(var_dir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CARDBOT_")}
     env["CARDBOT_VAR_DIR"] = str(var_dir)
-    return subprocess.run(
-        [*CARDBOT, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
-    )
+    return {**env, **(extra or {})}
 
 
 @pytest.fixture(scope="module")
@@ -153,8 +165,145 @@ def test_bad_settings_are_reported_without_a_traceback(tmp_path: Path) -> None:
     assert "bad settings" in env_result.stderr and "Traceback" not in env_result.stderr
 
 
-def test_orders_on_a_fresh_machine_says_there_are_none(tmp_path: Path) -> None:
+def test_orders_on_a_fresh_database_says_there_are_none(tmp_path: Path) -> None:
+    assert cardbot("db", "upgrade", var_dir=tmp_path).returncode == 0
     result = cardbot("orders", var_dir=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "no orders" in result.stdout
     assert json.loads(cardbot("orders", "--json", var_dir=tmp_path).stdout) == []
+
+
+# --------------------------------------------------------------------------------------------
+# Operator traps: each ends in one line on stderr and a non-zero exit, never a traceback.
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("cardbot: ")
+    return lines[0]
+
+
+COMMANDS_ON_AN_EXISTING_DATABASE = [
+    ("audit", "verify"),
+    ("audit", "head"),
+    ("orders",),
+    ("orders", "--json"),
+    ("keys", "status"),
+    ("keys", "rotate"),
+    ("keys", "prune"),
+    ("review", "list"),
+    ("review", "approve", "CB00000001"),
+    ("prices", "list"),
+    ("risk", "blacklist", "list"),
+    ("chat",),
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS_ON_AN_EXISTING_DATABASE, ids=" ".join)
+def test_a_mistyped_sqlite_path_is_refused_instead_of_becoming_an_empty_database(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """Before: `audit verify` on a typo made a new empty database and said 'intact: 0
+    events', exit 0."""
+    typo = tmp_path / "cardbto.db"
+    result = cardbot(
+        *command, var_dir=tmp_path, env={"CARDBOT_DATABASE_URL": f"sqlite+aiosqlite:///{typo}"}
+    )
+    line = one_line_error(result)
+    assert result.returncode == 2
+    assert f"no database at {typo}" in line and "cardbot db upgrade" in line
+    assert not typo.exists() and not (tmp_path / "data.key").exists()
+
+
+def test_db_upgrade_creates_the_database_that_other_commands_refuse(tmp_path: Path) -> None:
+    env = {"CARDBOT_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'new' / 'cardbot.db'}"}
+    assert cardbot("audit", "verify", var_dir=tmp_path, env=env).returncode == 2
+    assert cardbot("db", "upgrade", var_dir=tmp_path, env=env).returncode == 0
+    verified = cardbot("audit", "verify", var_dir=tmp_path, env=env)
+    assert verified.returncode == 0 and "intact: 0 events" in verified.stdout
+
+
+def test_an_empty_file_is_not_taken_for_a_cardbot_database(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    env = {"CARDBOT_DATABASE_URL": f"sqlite+aiosqlite:///{empty}"}
+    assert "holds no cardbot tables" in one_line_error(
+        cardbot("orders", var_dir=tmp_path, env=env)
+    )
+
+
+SECRET = "s3cret-pw"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "not a url",
+        f"postgres://cardbot:{SECRET}@db.internal/cardbot",
+        f"postgresql://cardbot:{SECRET}@127.0.0.1/cardbot",
+        f"mysql+aiomysql://cardbot:{SECRET}@127.0.0.1/cardbot",
+        "sqlite:///var/cardbot.db",
+    ],
+)
+def test_a_malformed_database_url_is_one_line_without_its_password(
+    tmp_path: Path, url: str
+) -> None:
+    line = one_line_error(cardbot("orders", var_dir=tmp_path, env={"CARDBOT_DATABASE_URL": url}))
+    assert "database URL" in line and "postgresql+asyncpg://" in line
+    assert SECRET not in line
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("orders",), ("audit", "verify"), ("db", "upgrade"), ("run", "telegram")],
+    ids=" ".join,
+)
+def test_an_unreachable_postgresql_is_one_line_without_its_password(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    env = {
+        "CARDBOT_DATABASE_URL": f"postgresql+asyncpg://cardbot:{SECRET}@127.0.0.1:1/cardbot",
+        "TELEGRAM_BOT_TOKEN": "123456:test-token",
+    }
+    line = one_line_error(cardbot(*command, var_dir=tmp_path, env=env))
+    assert "cannot reach the database at postgresql+asyncpg://cardbot:***@127.0.0.1:1" in line
+    assert SECRET not in line
+
+
+@pytest.mark.skipif(not os.environ.get("CARDBOT_TEST_DATABASE_URL"), reason="needs PostgreSQL")
+def test_a_postgresql_database_that_does_not_exist_is_refused(tmp_path: Path) -> None:
+    from sqlalchemy.engine import make_url
+
+    server = make_url(os.environ["CARDBOT_TEST_DATABASE_URL"])
+    missing = server.set(database="cardbot_no_such_database").render_as_string(hide_password=False)
+    line = one_line_error(
+        cardbot("orders", var_dir=tmp_path, env={"CARDBOT_DATABASE_URL": missing})
+    )
+    assert "no database at" in line and "cardbot_no_such_database" in line
+
+
+@pytest.mark.parametrize("args", [("orders",), ("orders", "--json")], ids=" ".join)
+def test_output_closed_early_ends_in_one_line_not_a_traceback(
+    sold: Path, args: tuple[str, ...]
+) -> None:
+    """`cardbot orders | head`: the reader is gone before cardbot writes (closed here before
+    it even starts, so the outcome does not depend on timing)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run(
+            [*CARDBOT, *args],
+            cwd=ROOT,
+            env=_env(sold),
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    assert "output was closed" in one_line_error(result)
