@@ -50,7 +50,8 @@ from core.risk import RiskDecision, shanghai_date
 log = logging.getLogger(__name__)
 
 MAX_CARDS = 100
-_SPLIT = re.compile(r"[\s,;，；\t]+")
+# Fields are split at dashes too: a number typed "2326-0817-…-135790" is still number + secret.
+_SPLIT = re.compile(r"[\s,;，；\t\-‐‑‒–—―－]+")
 _HEADER_WORDS = {"number", "card", "卡号", "secret", "卡密", "password", "pin"}
 
 
@@ -90,8 +91,7 @@ def parse_batch(text: str, catalog: Catalog) -> ParsedBatch:
     problems: list[BatchProblem] = []
     seen: dict[str, int] = {}
     for number_of_line, raw in enumerate(text.splitlines(), start=1):
-        # Spreadsheets quote their cells ("2326…","135790"): the quotes are not part of a card.
-        fields = [f for f in (f.strip("\"'") for f in _SPLIT.split(raw.strip())) if f]
+        fields = _fields(raw)
         if not fields:
             continue
         if number_of_line == 1 and fields[0].lower() in _HEADER_WORDS:
@@ -116,17 +116,69 @@ def parse_batch(text: str, catalog: Catalog) -> ParsedBatch:
     return ParsedBatch(tuple(cards), tuple(problems))
 
 
+def _fields(raw: str) -> list[str]:
+    # Spreadsheets quote their cells ("2326…","135790"): the quotes are not part of a card.
+    return [f for f in (f.strip("\"'") for f in _SPLIT.split(raw.strip())) if f]
+
+
+def _leading_card(fields: Sequence[str], catalog: Catalog) -> tuple[Brand, str, int] | None:
+    """The longest run of leading fields that makes a card number (a number may have been
+    typed in groups, "2326 0817 4402 9136"): its brand, the number and how many fields."""
+    longest = max(catalog.card_lengths())
+    # A run longer than any card number cannot be one: start from the longest that may be.
+    total, most = 0, 0
+    for field in fields:
+        total += len(normalize_card_number(field))
+        if total > longest:
+            break
+        most += 1
+    for cut in range(most, 0, -1):
+        number = normalize_card_number("".join(fields[:cut]))
+        try:
+            return catalog.match(number), number, cut
+        except CardNotRecognised:
+            continue
+    return None
+
+
+def holds_card_line(text: str, catalog: Catalog) -> bool:
+    """Whether some line of ``text`` is a card number followed by its secret — or by what may
+    be one: a field with a digit, or one in the brand's secret shape. Such a text is never kept
+    or shown to staff, at whatever step it comes, and the chat is asked to delete it."""
+    for raw in text.splitlines():
+        fields = _fields(raw)
+        for start, field in enumerate(fields):
+            if not normalize_card_number(field)[:1].isdecimal():
+                continue
+            found = _leading_card(fields[start:], catalog)
+            if found is None:
+                continue
+            brand, _, cut = found
+            after = fields[start + cut : start + cut + 1]
+            if after and _may_be_a_secret(brand, after[0], catalog):
+                return True
+    return False
+
+
+def _may_be_a_secret(brand: Brand, field: str, catalog: Catalog) -> bool:
+    if any(c.isdecimal() for c in field):
+        return True
+    if not brand.has_secret:
+        return False
+    try:
+        catalog.validate_secret(brand, field)
+    except WrongSecret:
+        return False
+    return True
+
+
 def _one_line(
     line: int, fields: list[str], catalog: Catalog
 ) -> tuple[BatchProblem | None, BatchLine | None]:
-    # A number may have been typed in groups ("2326 0817 4402 9136 135790"): try the longest
-    # run of leading fields that makes a card number, the rest is the secret.
-    for cut in range(len(fields), 0, -1):
-        number = normalize_card_number("".join(fields[:cut]))
-        try:
-            brand = catalog.match(number)
-        except CardNotRecognised:
-            continue
+    # The longest run of leading fields that makes a card number; the rest is the secret.
+    found = _leading_card(fields, catalog)
+    if found is not None:
+        brand, number, cut = found
         rest = "".join(fields[cut:])
         if not brand.has_secret:
             if rest:

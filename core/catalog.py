@@ -155,6 +155,14 @@ class Catalog:
         """Every brand, in catalog order."""
         return tuple(self._brands.values())
 
+    def card_lengths(self) -> frozenset[int]:
+        """Every length a card number of some brand has."""
+        return frozenset(n for brand in self._brands.values() for n in brand.lengths)
+
+    def is_card_number(self, number: str) -> bool:
+        """Whether a normalised number fits some brand."""
+        return any(brand.fits(number) for brand in self._brands.values())
+
     def get(self, code: str) -> Brand:
         """The brand with this code; raises KeyError."""
         return self._brands[code]
