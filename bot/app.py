@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bot.files import keep_private
 from bot.sandbox.issuer import SandboxCardIssuer
 from bot.sandbox.kyc import SandboxKycProvider
 from bot.sandbox.payouts import SandboxPayoutGateway
@@ -83,6 +84,7 @@ async def build_app(
     """Build cardbot from settings; tests pass fakes for the ports they control."""
     clock = clock or SystemClock()
     url = settings.resolved_database_url
+    keep_private(settings.var_dir, url)
     if migrate if migrate is not None else is_sqlite(url):
         # The embedded database migrates itself; a shared server is migrated by an operator
         # with `cardbot db upgrade` so that several processes never race to do it.
@@ -96,11 +98,16 @@ async def build_app(
     )
     settings.sandbox_dir.mkdir(parents=True, exist_ok=True)
     issuer = issuer or SandboxCardIssuer(
-        settings.sandbox_cards, settings.sandbox_dir / "issuer.sqlite3", catalog, clock
+        settings.sandbox_cards,
+        settings.sandbox_dir / "issuer.sqlite3",
+        catalog,
+        clock,
+        fingerprint=vault.fingerprint,
     )
     gateway = gateway or SandboxPayoutGateway(
         settings.sandbox_dir / "payouts.sqlite3",
         clock,
+        fingerprint=vault.fingerprint,
         late_seconds=settings.sandbox_payout_late_seconds,
         delay_seconds=settings.sandbox_payout_delay_seconds,
     )

@@ -18,8 +18,10 @@ if TYPE_CHECKING:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cardbot`` console script."""
     from bot.app import ConfigError
+    from bot.files import private_umask
     from storage.crypto import KeyConfigError
 
+    private_umask()  # before anything is written: the database, logs, keys are the owner's
     try:
         return _main(argv)
     except (ConfigError, KeyConfigError) as exc:
