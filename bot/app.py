@@ -85,17 +85,18 @@ async def build_app(
     clock = clock or SystemClock()
     url = settings.resolved_database_url
     keep_private(settings.var_dir, url)
-    if migrate if migrate is not None else is_sqlite(url):
-        # The embedded database migrates itself; a shared server is migrated by an operator
-        # with `cardbot db upgrade` so that several processes never race to do it.
-        await upgrade_async(url)
-    catalog = default_catalog()
     vault = load_vault(
         settings.data_key.get_secret_value() if settings.data_key else None,
         settings.resolved_key_file,
         settings.data_keys_old.get_secret_value() if settings.data_keys_old else None,
         settings.fingerprint_key.get_secret_value() if settings.fingerprint_key else None,
     )
+    if migrate if migrate is not None else is_sqlite(url):
+        # The embedded database migrates itself; a shared server is migrated by an operator
+        # with `cardbot db upgrade` so that several processes never race to do it. A revision
+        # that seals old plaintext (0009: names) seals it with this key.
+        await upgrade_async(url, vault=vault)
+    catalog = default_catalog()
     settings.sandbox_dir.mkdir(parents=True, exist_ok=True)
     issuer = issuer or SandboxCardIssuer(
         settings.sandbox_cards,

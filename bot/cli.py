@@ -20,11 +20,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from bot.app import ConfigError
     from bot.files import private_umask
     from storage.crypto import KeyConfigError
+    from storage.migrate import MigrationNeedsKey
 
     private_umask()  # before anything is written: the database, logs, keys are the owner's
     try:
         return _main(argv)
-    except (ConfigError, KeyConfigError) as exc:
+    except (ConfigError, KeyConfigError, MigrationNeedsKey) as exc:
         print(f"cardbot: {exc}", file=sys.stderr)
         return 2
 
@@ -120,9 +121,10 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"cardbot: bad settings: {exc}", file=sys.stderr)
         return 2
     if args.command == "db":
+        from bot.keys import migration_vault
         from storage.migrate import upgrade
 
-        upgrade(settings.resolved_database_url)
+        upgrade(settings.resolved_database_url, vault=migration_vault(settings))
         print("database is up to date")
         return 0
     if args.command == "run":
@@ -208,7 +210,9 @@ async def _open(settings: Settings) -> SqlAlchemyUnitOfWorkFactory:
 
     url = settings.resolved_database_url
     if is_sqlite(url):
-        await upgrade_async(url)
+        from bot.keys import migration_vault
+
+        await upgrade_async(url, vault=migration_vault(settings))
     return SqlAlchemyUnitOfWorkFactory.from_url(url)
 
 

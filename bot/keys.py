@@ -20,6 +20,7 @@ in use) before the old key is removed — rotate refuses otherwise.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 from bot.settings import Settings
 from storage.crypto import (
@@ -34,13 +35,21 @@ from storage.migrate import upgrade_async
 from storage.rekey import SealedCensus, census
 
 
-def vault_for(settings: Settings) -> AesGcmVault:
+def vault_for(settings: Settings, *, create: bool = True) -> AesGcmVault:
+    """The configured vault; ``create=False``: never make a new key file (see load_vault)."""
     return load_vault(
         settings.data_key.get_secret_value() if settings.data_key else None,
         settings.resolved_key_file,
         settings.data_keys_old.get_secret_value() if settings.data_keys_old else None,
         settings.fingerprint_key.get_secret_value() if settings.fingerprint_key else None,
+        create=create,
     )
+
+
+def migration_vault(settings: Settings) -> Callable[[], AesGcmVault]:
+    """What an operator command hands to migrations: the bots' existing key, loaded only when
+    a revision has data to seal (storage.migrate)."""
+    return lambda: vault_for(settings, create=False)
 
 
 def _uses_key_file(settings: Settings) -> bool:
@@ -50,7 +59,7 @@ def _uses_key_file(settings: Settings) -> bool:
 async def storage_for(settings: Settings) -> SqlAlchemyUnitOfWorkFactory:
     url = settings.resolved_database_url
     if is_sqlite(url):
-        await upgrade_async(url)
+        await upgrade_async(url, vault=migration_vault(settings))
     return SqlAlchemyUnitOfWorkFactory.from_url(url)
 
 

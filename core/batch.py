@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import date, datetime
 
-from core import masking, sale
+from core import sale
 from core.catalog import Brand, Catalog, normalize_card_number
 from core.errors import (
     AccountSuspended,
@@ -568,7 +568,7 @@ async def batch_receipt(uow: UnitOfWork, batch_id: int) -> BatchReceipt:
         paid_fen=sum(o.payout_fen for o in settled),
         method=account.method if account else None,
         account_masked=account.account_masked if account else "",
-        holder_masked=masking.mask_name(account.holder_name) if account else "",
+        holder_masked=account.holder_name_masked if account else "",
         at=last_at,
         audit_hash=last_hash,
     )
