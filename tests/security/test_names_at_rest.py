@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from sqlalchemy import inspect, text
@@ -111,3 +112,32 @@ async def test_an_upgrade_that_must_seal_names_without_a_key_refuses_and_changes
 
 async def test_an_empty_database_upgrades_without_a_key(database: Database) -> None:
     await upgrade_async(database.engine)
+
+
+async def test_cardbot_db_upgrade_seals_with_the_bots_key_and_never_makes_up_a_new_one(
+    tmp_path: Path,
+) -> None:
+    from storage.crypto import load_vault
+    from storage.db import make_engine
+    from tests.e2e.test_cli import cardbot
+
+    var = tmp_path / "var"
+    path = var / "cardbot.db"
+    engine = make_engine(f"sqlite+aiosqlite:///{path}")
+    try:
+        vault = load_vault(None, var / "elsewhere.key")  # the bots' key, kept elsewhere
+        await old_database_with_a_name(Database("sqlite", "", engine, path), vault)
+    finally:
+        await engine.dispose()
+
+    refused = cardbot("db", "upgrade", var_dir=var)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "Traceback" not in refused.stderr and "data key" in refused.stderr
+    assert not (var / "data.key").exists()  # no new key was made up to seal with
+    assert NAME.encode() in path.read_bytes()  # nothing changed
+
+    (var / "elsewhere.key").rename(var / "data.key")
+    done = cardbot("db", "upgrade", var_dir=var)
+    assert done.returncode == 0, done.stdout + done.stderr
+    stored = b"".join(p.read_bytes() for p in var.glob("cardbot.db*"))
+    assert NAME.encode() not in stored
