@@ -122,18 +122,24 @@ def _fields(raw: str) -> list[str]:
 
 
 def _leading_card(fields: Sequence[str], catalog: Catalog) -> tuple[Brand, str, int] | None:
-    """The longest run of leading fields that makes a card number (a number may have been
-    typed in groups, "2326 0817 4402 9136"): its brand, the number and how many fields."""
-    longest = max(catalog.card_lengths())
-    # A run longer than any card number cannot be one: start from the longest that may be.
-    total, most = 0, 0
-    for field in fields:
-        total += len(normalize_card_number(field))
-        if total > longest:
+    """The longest run of leading fields (normalised) that makes a card number (a number may
+    have been typed in groups, "2326 0817 4402 9136"): its brand, the number, how many fields."""
+    lengths = catalog.card_lengths()
+    longest = max(lengths)
+    # Only a run of a card number's length can be one, and only if it starts with the prefix
+    # of a brand of that length (cheap tests that spare the check digits): those cuts, longest
+    # first.
+    size, cuts = 0, []
+    for cut, field in enumerate(fields, start=1):
+        size += len(field)
+        if size > longest:
             break
-        most += 1
-    for cut in range(most, 0, -1):
-        number = normalize_card_number("".join(fields[:cut]))
+        if size in lengths:
+            cuts.append((cut, size))
+    head = "".join(fields[: cuts[-1][0]]) if cuts else ""
+    cuts = [(cut, size) for cut, size in cuts if head.startswith(catalog.prefixes(size))]
+    for cut, _ in reversed(cuts):
+        number = "".join(fields[:cut])
         try:
             return catalog.match(number), number, cut
         except CardNotRecognised:
@@ -145,12 +151,13 @@ def holds_card_line(text: str, catalog: Catalog) -> bool:
     """Whether some line of ``text`` is a card number followed by its secret — or by what may
     be one: a field with a digit, or one in the brand's secret shape. Such a text is never kept
     or shown to staff, at whatever step it comes, and the chat is asked to delete it."""
+    longest = max(catalog.card_lengths())  # a number has at most this many fields
     for raw in text.splitlines():
-        fields = _fields(raw)
+        fields = [normalize_card_number(f) for f in _fields(raw)]
         for start, field in enumerate(fields):
-            if not normalize_card_number(field)[:1].isdecimal():
+            if not field[:1].isdecimal():
                 continue
-            found = _leading_card(fields[start:], catalog)
+            found = _leading_card(fields[start : start + longest], catalog)
             if found is None:
                 continue
             brand, _, cut = found
@@ -176,7 +183,7 @@ def _one_line(
     line: int, fields: list[str], catalog: Catalog
 ) -> tuple[BatchProblem | None, BatchLine | None]:
     # The longest run of leading fields that makes a card number; the rest is the secret.
-    found = _leading_card(fields, catalog)
+    found = _leading_card([normalize_card_number(f) for f in fields], catalog)
     if found is not None:
         brand, number, cut = found
         rest = "".join(fields[cut:])
