@@ -153,7 +153,8 @@ def holds_card_line(text: str, catalog: Catalog) -> bool:
     or shown to staff, at whatever step it comes, and the chat is asked to delete it."""
     longest = max(catalog.card_lengths())  # a number has at most this many fields
     for raw in text.splitlines():
-        fields = [normalize_card_number(f) for f in _fields(raw)]
+        # "/2326… 135790" is a mistyped command, and still a card with its secret.
+        fields = [normalize_card_number(f.lstrip("/")) for f in _fields(raw)]
         for start, field in enumerate(fields):
             if not field[:1].isdecimal():
                 continue

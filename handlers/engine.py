@@ -475,7 +475,12 @@ def transcript_with(
     """The conversation's recent lines ([time, "user"|"bot", text]), for a ticket's evidence."""
     said = _inbound_line(inbound, sensitive, catalog)[:TRANSCRIPT_CHARS]
     lines = [*log, [at.isoformat(), "user", said]]
-    lines += [[at.isoformat(), "bot", r.text[:TRANSCRIPT_CHARS]] for r in replies if r.text]
+    # The bot's own words are redacted too: a reply may echo what the person typed.
+    lines += [
+        [at.isoformat(), "bot", redact_for_staff(r.text, catalog)[:TRANSCRIPT_CHARS]]
+        for r in replies
+        if r.text
+    ]
     return lines[-TRANSCRIPT_LINES:]
 
 

@@ -126,3 +126,15 @@ async def test_a_payout_account_typed_in_free_text_reaches_staff_masked(desk: De
         assert EMAIL not in text and "lilei.pays" not in text
         assert MOBILE not in text
     assert "l***@example.com" in stored
+
+
+async def test_a_card_number_echoed_back_by_the_bot_reaches_the_transcript_masked(
+    desk: Desk,
+) -> None:
+    h = desk.h
+    await h.say("/start")
+    echoed = await h.say(f"/{NUMBER} {SECRET}")  # an "unknown command" that names itself
+    assert any(r.delete_inbound for r in echoed)
+    stored = await stored_text(desk)
+    assert NUMBER not in stored
+    assert_no_trace(stored, SECRET)

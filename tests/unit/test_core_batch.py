@@ -95,6 +95,7 @@ from core.batch import holds_card_line  # noqa: E402
         "8810209311880348 B7N2C4V6Z8L1H3J5",
         f"{WALMART} 13",  # part of a secret is a secret too
         f"第一张\n{WALMART} 135790",
+        f"/{WALMART} 135790",  # typed as a command
     ],
 )
 def test_a_card_number_followed_by_what_may_be_its_secret_is_a_card_line(text: str) -> None:
