@@ -93,7 +93,9 @@ async def bench_storage(n: int) -> dict[str, float]:
             async with factory() as uow:
                 user, _ = await uow.users.for_channel("console", "bench", "bench", "zh", T0)
                 account = await uow.payout_accounts.add(
-                    PayoutAccount(user.id, PayoutMethod.ALIPAY, b"x", "fp", "b***", "张三", T0)
+                    PayoutAccount(
+                        user.id, PayoutMethod.ALIPAY, b"x", "fp", "b***", b"x", "张*", T0
+                    )
                 )
                 for i in range(1, n + 1):
                     card = await uow.cards.add(Card(user.id, "walmart", b"x", f"fp{i}", "m", T0))

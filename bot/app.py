@@ -9,6 +9,7 @@ from pathlib import Path
 
 from sqlalchemy.exc import DBAPIError
 
+from bot.files import keep_private
 from bot.sandbox.issuer import SandboxCardIssuer
 from bot.sandbox.kyc import SandboxKycProvider
 from bot.sandbox.payouts import SandboxPayoutGateway
@@ -111,11 +112,13 @@ async def build_app(
     # database before a key file is created for it.
     risk = load_risk_policy(settings.risk_rules)
     await probe_database(url, must_exist=database_must_exist)
-    vault_for(settings)
+    keep_private(settings.var_dir, url)
+    sealing = vault_for(settings)
     if migrate if migrate is not None else is_sqlite(url):
         # The embedded database migrates itself; a shared server is migrated by an operator
-        # with `cardbot db upgrade` so that several processes never race to do it.
-        await upgrade_async(url)
+        # with `cardbot db upgrade` so that several processes never race to do it. A revision
+        # that seals old plaintext (0009: names) seals it with this key.
+        await upgrade_async(url, vault=sealing)
     uow_factory = SqlAlchemyUnitOfWorkFactory.from_url(url)
     vault = CoordinatedVault(lambda: vault_for(settings), uow_factory, key_lease)
     try:
@@ -130,11 +133,16 @@ async def build_app(
         raise
     settings.sandbox_dir.mkdir(parents=True, exist_ok=True)
     issuer = issuer or SandboxCardIssuer(
-        settings.sandbox_cards, settings.sandbox_dir / "issuer.sqlite3", catalog, clock
+        settings.sandbox_cards,
+        settings.sandbox_dir / "issuer.sqlite3",
+        catalog,
+        clock,
+        fingerprint=vault.fingerprint,
     )
     gateway = gateway or SandboxPayoutGateway(
         settings.sandbox_dir / "payouts.sqlite3",
         clock,
+        fingerprint=vault.fingerprint,
         late_seconds=settings.sandbox_payout_late_seconds,
         delay_seconds=settings.sandbox_payout_delay_seconds,
     )

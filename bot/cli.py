@@ -22,14 +22,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings or keys, a database that is missing, malformed or unreachable, output closed
     early as in ``cardbot orders | head``) ends in one line on stderr and a non-zero exit."""
     from bot.app import ConfigError
+    from bot.files import private_umask
     from storage.crypto import KeyConfigError
     from storage.db import DatabaseUnavailable
+    from storage.migrate import MigrationNeedsKey
 
+    private_umask()  # before anything is written: the database, logs, keys are the owner's
     try:
         code = _main(argv)
         sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
         return code
-    except (ConfigError, KeyConfigError, DatabaseUnavailable) as exc:
+    except (ConfigError, KeyConfigError, DatabaseUnavailable, MigrationNeedsKey) as exc:
         print(f"cardbot: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:
@@ -151,11 +154,12 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"cardbot: bad settings: {exc}", file=sys.stderr)
         return 2
     if args.command == "db":
+        from bot.keys import migration_vault
         from storage.db import probe_database
         from storage.migrate import upgrade
 
         asyncio.run(probe_database(settings.resolved_database_url, must_exist=False))
-        upgrade(settings.resolved_database_url)
+        upgrade(settings.resolved_database_url, vault=migration_vault(settings))
         print("database is up to date")
         return 0
     if args.command == "run":

@@ -60,13 +60,21 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def vault_for(settings: Settings) -> AesGcmVault:
+def vault_for(settings: Settings, *, create: bool = True) -> AesGcmVault:
+    """The configured vault; ``create=False``: never make a new key file (see load_vault)."""
     return load_vault(
         settings.data_key.get_secret_value() if settings.data_key else None,
         settings.resolved_key_file,
         settings.data_keys_old.get_secret_value() if settings.data_keys_old else None,
         settings.fingerprint_key.get_secret_value() if settings.fingerprint_key else None,
+        create=create,
     )
+
+
+def migration_vault(settings: Settings) -> Callable[[], AesGcmVault]:
+    """What an operator command hands to migrations: the bots' existing key, loaded only when
+    a revision has data to seal (storage.migrate)."""
+    return lambda: vault_for(settings, create=False)
 
 
 def _uses_key_file(settings: Settings) -> bool:
@@ -80,7 +88,7 @@ async def storage_for(settings: Settings) -> SqlAlchemyUnitOfWorkFactory:
     url = settings.resolved_database_url
     await probe_database(url, must_exist=True)
     if is_sqlite(url):
-        await upgrade_async(url)
+        await upgrade_async(url, vault=migration_vault(settings))
     return SqlAlchemyUnitOfWorkFactory.from_url(url)
 
 

@@ -27,7 +27,6 @@ from core import review
 from core.catalog import default_catalog, normalize_card_number
 from core.errors import CardbotError, PreconditionFailed
 from core.identity import parse_resident_id
-from core.masking import mask_name
 from core.model import PayoutMethod, RateTable
 from core.money import yuan
 from core.ports import UnitOfWork
@@ -69,7 +68,7 @@ async def review_list(settings: Settings, as_json: bool) -> int:
                     "card": order.card_masked,
                     "payout_fen": order.payout_fen,
                     "channel": order.channel,
-                    "person": mask_name(user.real_name) if user.real_name else None,
+                    "person": user.real_name_masked,
                     "id_number": user.id_number_masked,
                     "reasons": list(order.risk_reasons),
                     "rules_version": order.risk_version,

@@ -124,8 +124,13 @@ def export_statement(
     if not state.exists():
         print(f"cardbot: no sandbox payout provider state at {state}", file=sys.stderr)
         return 2
+    from bot.keys import vault_for
+
     gateway = SandboxPayoutGateway(
-        state, _clock(clock), late_seconds=settings.sandbox_payout_late_seconds
+        state,
+        _clock(clock),
+        fingerprint=vault_for(settings).fingerprint,
+        late_seconds=settings.sandbox_payout_late_seconds,
     )
     since, until = _day_bounds(day) if day else (None, None)
     text = format_statement(gateway.statement(since, until))

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import date, datetime
 
-from core import masking, sale
+from core import sale
 from core.catalog import Brand, Catalog, normalize_card_number
 from core.errors import (
     AccountSuspended,
@@ -51,7 +51,8 @@ from core.risk import RiskDecision, shanghai_date
 log = logging.getLogger(__name__)
 
 MAX_CARDS = 100
-_SPLIT = re.compile(r"[\s,;，；\t]+")
+# Fields are split at dashes too: a number typed "2326-0817-…-135790" is still number + secret.
+_SPLIT = re.compile(r"[\s,;，；\t\-‐‑‒–—―－]+")
 _HEADER_WORDS = {"number", "card", "卡号", "secret", "卡密", "password", "pin"}
 
 
@@ -97,9 +98,8 @@ def parse_batch(text: str, catalog: Catalog) -> ParsedBatch:
     for number_of_line, raw in enumerate(text.splitlines(), start=1):
         if not raw.strip():
             continue  # a blank line says nothing; every other line gets a verdict
-        # Spreadsheets quote their cells ("2326…","135790"): the quotes are not part of a card.
         # A line of nothing but quotes and separators is still a line the user sent: reported.
-        fields = [f for f in (f.strip("\"'") for f in _SPLIT.split(raw.strip())) if f]
+        fields = _fields(raw)
         if not fields:
             problems.append(BatchProblem(number_of_line, "batch.not_a_card"))
             continue
@@ -126,17 +126,77 @@ def parse_batch(text: str, catalog: Catalog) -> ParsedBatch:
     return ParsedBatch(tuple(cards), tuple(problems), header)
 
 
+def _fields(raw: str) -> list[str]:
+    # Spreadsheets quote their cells ("2326…","135790"): the quotes are not part of a card.
+    return [f for f in (f.strip("\"'") for f in _SPLIT.split(raw.strip())) if f]
+
+
+def _leading_card(fields: Sequence[str], catalog: Catalog) -> tuple[Brand, str, int] | None:
+    """The longest run of leading fields (normalised) that makes a card number (a number may
+    have been typed in groups, "2326 0817 4402 9136"): its brand, the number, how many fields."""
+    lengths = catalog.card_lengths()
+    longest = max(lengths)
+    # Only a run of a card number's length can be one, and only if it starts with the prefix
+    # of a brand of that length (cheap tests that spare the check digits): those cuts, longest
+    # first.
+    size, cuts = 0, []
+    for cut, field in enumerate(fields, start=1):
+        size += len(field)
+        if size > longest:
+            break
+        if size in lengths:
+            cuts.append((cut, size))
+    head = "".join(fields[: cuts[-1][0]]) if cuts else ""
+    cuts = [(cut, size) for cut, size in cuts if head.startswith(catalog.prefixes(size))]
+    for cut, _ in reversed(cuts):
+        number = "".join(fields[:cut])
+        try:
+            return catalog.match(number), number, cut
+        except CardNotRecognised:
+            continue
+    return None
+
+
+def holds_card_line(text: str, catalog: Catalog) -> bool:
+    """Whether some line of ``text`` is a card number followed by its secret — or by what may
+    be one: a field with a digit, or one in the brand's secret shape. Such a text is never kept
+    or shown to staff, at whatever step it comes, and the chat is asked to delete it."""
+    longest = max(catalog.card_lengths())  # a number has at most this many fields
+    for raw in text.splitlines():
+        # "/2326… 135790" is a mistyped command, and still a card with its secret.
+        fields = [normalize_card_number(f.lstrip("/")) for f in _fields(raw)]
+        for start, field in enumerate(fields):
+            if not field[:1].isdecimal():
+                continue
+            found = _leading_card(fields[start : start + longest], catalog)
+            if found is None:
+                continue
+            brand, _, cut = found
+            after = fields[start + cut : start + cut + 1]
+            if after and _may_be_a_secret(brand, after[0], catalog):
+                return True
+    return False
+
+
+def _may_be_a_secret(brand: Brand, field: str, catalog: Catalog) -> bool:
+    if any(c.isdecimal() for c in field):
+        return True
+    if not brand.has_secret:
+        return False
+    try:
+        catalog.validate_secret(brand, field)
+    except WrongSecret:
+        return False
+    return True
+
+
 def _one_line(
     line: int, fields: list[str], catalog: Catalog
 ) -> tuple[BatchProblem | None, BatchLine | None]:
-    # A number may have been typed in groups ("2326 0817 4402 9136 135790"): try the longest
-    # run of leading fields that makes a card number, the rest is the secret.
-    for cut in range(len(fields), 0, -1):
-        number = normalize_card_number("".join(fields[:cut]))
-        try:
-            brand = catalog.match(number)
-        except CardNotRecognised:
-            continue
+    # The longest run of leading fields that makes a card number; the rest is the secret.
+    found = _leading_card([normalize_card_number(f) for f in fields], catalog)
+    if found is not None:
+        brand, number, cut = found
         rest = "".join(fields[cut:])
         if not brand.has_secret:
             if rest:
@@ -547,7 +607,7 @@ async def batch_receipt(uow: UnitOfWork, batch_id: int) -> BatchReceipt:
         paid_fen=sum(o.payout_fen for o in settled),
         method=account.method if account else None,
         account_masked=account.account_masked if account else "",
-        holder_masked=masking.mask_name(account.holder_name) if account else "",
+        holder_masked=account.holder_name_masked if account else "",
         at=last_at,
         audit_hash=last_hash,
     )

@@ -150,10 +150,31 @@ class Catalog:
                 if _overlap(brand, other):
                     raise ValueError(f"brands {other.code} and {brand.code} overlap")
             self._brands[brand.code] = brand
+        self._lengths = frozenset(n for brand in self._brands.values() for n in brand.lengths)
+        self._prefixes = tuple(p for brand in self._brands.values() for p in brand.prefixes)
+        self._prefixes_by_length = {
+            n: tuple(p for b in self._brands.values() if n in b.lengths for p in b.prefixes)
+            for n in self._lengths
+        }
 
     def brands(self) -> tuple[Brand, ...]:
         """Every brand, in catalog order."""
         return tuple(self._brands.values())
+
+    def card_lengths(self) -> frozenset[int]:
+        """Every length a card number of some brand has."""
+        return self._lengths
+
+    def prefixes(self, length: int | None = None) -> tuple[str, ...]:
+        """The number prefixes of every brand (with numbers of ``length`` digits, if given):
+        a card number starts with one of them."""
+        if length is None:
+            return self._prefixes
+        return self._prefixes_by_length.get(length, ())
+
+    def is_card_number(self, number: str) -> bool:
+        """Whether a normalised number fits some brand."""
+        return any(brand.fits(number) for brand in self._brands.values())
 
     def get(self, code: str) -> Brand:
         """The brand with this code; raises KeyError."""

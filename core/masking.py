@@ -11,8 +11,10 @@ E-card secret looks like any other token), so secrets must never be logged in th
 
 from __future__ import annotations
 
+import functools
 import re
 
+from core.catalog import Catalog, default_catalog
 from core.model import PayoutMethod
 
 _STAR = "*"
@@ -114,30 +116,65 @@ _DATE = (
 _RUN = r"(?:\+\s?)?\d(?:[ -]?\d)*(?:[ -]?[Xx](?![A-Za-z0-9]))?"
 _PATTERN = re.compile(f"(?<!\\d)(?:(?P<date>{_DATE})|(?P<run>{_RUN}))")
 
+# Payout accounts typed in free text: e-mail addresses (Alipay logins), WeChat's own ids, and
+# an id named by a word before it (微信号 zhang_san88). The id must hold a digit, _ or -: plain
+# words after "wechat" or "account" stay readable.
+_EMAIL = re.compile(r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+_WXID = re.compile(r"(?<![A-Za-z0-9_-])wxid_[A-Za-z0-9_-]+", re.IGNORECASE)
+_NAMED_ACCOUNT = re.compile(
+    r"(?P<word>微信号|微信|支付宝账号|支付宝|收款账户|收款账号|账号|帐号|账户|帐户"
+    r"|alipay|wechat(?:\s+id)?|account)"
+    r"(?P<gap>\s*(?:[:：是为]\s*)?)"
+    r"(?P<id>[A-Za-z](?=[A-Za-z0-9_-]*[0-9_-])[A-Za-z0-9_-]{5,19})(?![A-Za-z0-9_-])",
+    re.IGNORECASE,
+)
 
-def _replace(match: re.Match[str]) -> str:
-    if match.group("date") is not None:
-        return match.group(0)
-    return _mask_run(match.group(0))
+# Without a catalog (logs): the lengths a payment card number can have (ISO/IEC 7812).
+_CARD_LENGTHS = frozenset(range(12, 20))
 
 
-def _mask_run(text: str) -> str:
+def _hide_accounts(text: str) -> str:
+    text = _EMAIL.sub(lambda m: mask_email(m.group(0)), text)
+    text = _WXID.sub(lambda m: mask_wechat_account(m.group(0)), text)
+    return _NAMED_ACCOUNT.sub(
+        lambda m: f"{m.group('word')}{m.group('gap')}{mask_wechat_account(m.group('id'))}", text
+    )
+
+
+def _mask_run(text: str, catalog: Catalog | None) -> str:
     value = _digits_and_x(text)
     digits = value.rstrip("Xx")
+    if catalog is not None and _card_and_more(digits, catalog):
+        # A card number and more digits on one line: the card's secret (or part of it).
+        return _STAR * len(value)
     if len(value) == 18 and len(digits) >= 17:
         return mask_id_number(value.upper())
     if re.fullmatch(r"(?:86|0086)?1[3-9]\d{9}", digits) and "X" not in value.upper():
         return mask_phone(digits)
     if len(digits) < 6:
         return text
-    if len(digits) >= 12:
+    lengths = catalog.card_lengths() if catalog is not None else _CARD_LENGTHS
+    if len(digits) >= 12 and len(value) == len(digits) and len(digits) in lengths:
         return f"{_STAR * (len(value) - 4)}{value[-4:]}"
     return _STAR * len(value)
 
 
-def redact(text: str) -> str:
-    """Mask 6+ digit runs (spaces, dashes inside), 17 digits + X and mobiles in free text."""
-    return _PATTERN.sub(_replace, text)
+def _card_and_more(digits: str, catalog: Catalog) -> bool:
+    """Whether the run starts with a catalog card number that more digits follow."""
+    return any(
+        n < len(digits) and catalog.is_card_number(digits[:n]) for n in catalog.card_lengths()
+    )
+
+
+def redact(text: str, catalog: Catalog | None = None) -> str:
+    """Mask 6+ digit runs (spaces, dashes inside), 17 digits + X, mobiles and payout accounts
+    (e-mail addresses, WeChat ids) in free text. A long run shows its last 4 only when it has
+    a card number's length (the catalog's, when given); a card number with more digits after
+    it is masked whole."""
+    return _PATTERN.sub(
+        lambda m: m.group(0) if m.group("date") is not None else _mask_run(m.group(0), catalog),
+        _hide_accounts(text),
+    )
 
 
 _MIXED_TOKEN = re.compile(
@@ -162,11 +199,18 @@ def _hide_codes(text: str) -> str:
     return _MIXED_TOKEN.sub(lambda m: _STAR * len(m.group(0)), _GROUPED_CODE.sub(hide, text))
 
 
-def redact_for_staff(text: str) -> str:
-    """What staff may read of a user's free text: :func:`redact`, and letter-and-digit codes
-    of 8+ characters (card secrets often look like that) hidden whole. Our own order and batch
-    numbers (CB…/PB…) are kept: people quote them in complaints."""
+def redact_for_staff(text: str, catalog: Catalog | None = None) -> str:
+    """What staff may read of a user's free text: :func:`redact` with the card catalog's
+    lengths (the shipped catalog unless given), and letter-and-digit codes of 8+ characters
+    (card secrets often look like that) hidden whole. Our own order and batch numbers
+    (CB…/PB…) are kept: people quote them in complaints."""
+    cards = catalog if catalog is not None else _shipped_catalog()
     parts = _OUR_NUMBER.split(text)
     return "".join(
-        part if index % 2 else _hide_codes(redact(part)) for index, part in enumerate(parts)
+        part if index % 2 else _hide_codes(redact(part, cards)) for index, part in enumerate(parts)
     )
+
+
+@functools.cache
+def _shipped_catalog() -> Catalog:
+    return default_catalog()

@@ -63,7 +63,8 @@ class User:
     id: int
     created_at: datetime
     language: str = "zh"
-    real_name: str | None = None
+    real_name_enc: bytes | None = None  # sealed (user_context "real_name"), like the ID number
+    real_name_masked: str | None = None  # 王*
     id_number_enc: bytes | None = None
     id_number_fp: str | None = None
     id_number_masked: str | None = None
@@ -212,7 +213,8 @@ class PayoutAccount:
     account_enc: bytes
     account_fp: str
     account_masked: str
-    holder_name: str
+    holder_name_enc: bytes  # sealed (holder_context), the verified real name
+    holder_name_masked: str  # 王*
     created_at: datetime
     last_used_at: datetime | None = None
     id: int | None = None

@@ -78,7 +78,7 @@ from core.risk import (
     shanghai_day_bounds,
     streak_suspends,
 )
-from core.sealing import account_context, card_context, user_context
+from core.sealing import account_context, card_context, holder_context, user_context
 
 log = logging.getLogger(__name__)
 
@@ -610,6 +610,19 @@ async def has_identity_consent(uow: UnitOfWork, user: User) -> bool:
     return await uow.consents.has(user.id, IDENTITY_CONSENT, IDENTITY_CONSENT_VERSION)
 
 
+def real_name_of(deps: SaleDeps, user: User) -> str:
+    """The person's verified real name, opened (only for the real-name service and payouts)."""
+    if user.real_name_enc is None:
+        raise PreconditionFailed("no verified real name")
+    return deps.vault.decrypt(user.real_name_enc, user_context(user.id, "real_name"))
+
+
+def holder_name_of(deps: SaleDeps, account: PayoutAccount) -> str:
+    """The name a payout account is held in, opened (for the payout provider)."""
+    assert account.id is not None
+    return deps.vault.decrypt(account.holder_name_enc, holder_context(account.id))
+
+
 def check_real_name(text: str) -> str:
     """A real name as the user typed it, validated."""
     return validate_real_name(text)
@@ -634,9 +647,11 @@ async def verify_identity(
     now = deps.clock.now()
     rid = parse_resident_id(id_number, shanghai_date(now))
     phone = normalize_phone(phone)
+    name = validate_real_name(name)
     user = replace(
         user,
-        real_name=validate_real_name(name),
+        real_name_enc=deps.vault.encrypt(name, user_context(user.id, "real_name")),
+        real_name_masked=masking.mask_name(name),
         id_number_enc=deps.vault.encrypt(rid.number, user_context(user.id, "id_number")),
         id_number_fp=deps.vault.fingerprint("id_number", rid.number),
         id_number_masked=masking.mask_id_number(rid.number),
@@ -670,8 +685,9 @@ async def add_payout_account(
     uow: UnitOfWork, deps: SaleDeps, user: User, method: PayoutMethod, account: str
 ) -> PayoutAccount:
     """Remember a payout account in the verified person's name (reused if already known)."""
-    if not user.is_verified or not user.real_name:
+    if not user.is_verified or not user.real_name_enc:
         raise PreconditionFailed("a payout account needs a verified identity")
+    name = real_name_of(deps, user)
     now = deps.clock.now()
     fp = deps.vault.fingerprint(f"payout.{method.value}", account)
     existing = await uow.payout_accounts.find(user.id, method, fp)
@@ -684,12 +700,17 @@ async def add_payout_account(
             account_enc=b"",
             account_fp=fp,
             account_masked=masking.mask_account(method.value, account),
-            holder_name=user.real_name,
+            holder_name_enc=b"",
+            holder_name_masked=masking.mask_name(name),
             created_at=now,
         )
     )
     assert row.id is not None
-    row = replace(row, account_enc=deps.vault.encrypt(account, account_context(row.id)))
+    row = replace(
+        row,
+        account_enc=deps.vault.encrypt(account, account_context(row.id)),
+        holder_name_enc=deps.vault.encrypt(name, holder_context(row.id)),
+    )
     await uow.payout_accounts.update(row)
     await uow.audit.append(
         now,
@@ -743,7 +764,7 @@ async def verify_level_2(
     real-name service. Matched: the person is level 2 and the card is saved as a payout
     account in their name. Not matched: KycMismatch with the reason (the attempt is audited;
     the caller keeps it). KycUnavailable when the service cannot answer."""
-    if not user.is_verified or not user.real_name or not user.id_number_enc:
+    if not user.is_verified or not user.real_name_enc or not user.id_number_enc:
         raise PreconditionFailed("level 2 needs a level-1 identity first")
     if deps.kyc is None:
         raise KycUnavailable("no real-name service configured")
@@ -754,7 +775,7 @@ async def verify_level_2(
         if user.phone_enc
         else ""
     )
-    check = await deps.kyc.verify_bank_card(user.real_name, id_number, phone, card)
+    check = await deps.kyc.verify_bank_card(real_name_of(deps, user), id_number, phone, card)
     now = deps.clock.now()
     await uow.audit.append(
         now,
@@ -814,7 +835,12 @@ async def risk_facts(
     accounts = [await uow.users.get(uid) for uid in person]
     # The same ID under another name is someone else's ID (the same person on two apps has
     # the same name on both).
-    strangers = [a for a in accounts if a.id != user.id and a.real_name != user.real_name]
+    name = real_name_of(deps, user) if user.real_name_enc else None
+    strangers = [
+        a
+        for a in accounts
+        if a.id != user.id and (real_name_of(deps, a) if a.real_name_enc else None) != name
+    ]
     guessed = [
         actor
         for actor, _ in await wrong_secrets(uow, deps, order.card_fp)
@@ -1004,7 +1030,7 @@ async def _send_payout(uow_factory: UnitOfWorkFactory, deps: SaleDeps, order_id:
             account=deps.vault.decrypt(
                 account.account_enc, account_context(payout.payout_account_id)
             ),
-            holder_name=account.holder_name,
+            holder_name=holder_name_of(deps, account),
             amount_fen=payout.amount_fen,
         )
         # Leave the transaction before talking to the provider.
@@ -1147,7 +1173,7 @@ async def receipt_for(uow: UnitOfWork, order_id: int) -> Receipt:
         payout_fen=payout.amount_fen,
         method=payout.method,
         account_masked=account.account_masked,
-        holder_masked=masking.mask_name(account.holder_name),
+        holder_masked=account.holder_name_masked,
         reference=payout.reference,
         provider_txn_id=payout.provider_txn_id,
         paid_at=order.settled_at or payout.updated_at,

@@ -16,13 +16,18 @@ def card_context(card_id: int, field: str) -> str:
 
 
 def user_context(user_id: int, field: str) -> str:
-    """A person's identity data (``field``: ``id_number`` | ``phone``)."""
+    """A person's identity data (``field``: ``real_name`` | ``id_number`` | ``phone``)."""
     return f"user:{user_id}.{field}"
 
 
 def account_context(account_id: int) -> str:
     """A payout account number."""
     return f"payout_account:{account_id}"
+
+
+def holder_context(account_id: int) -> str:
+    """The name a payout account is held in."""
+    return f"payout_account:{account_id}.holder_name"
 
 
 def conversation_context(channel: str, user_key: str) -> str:

@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from core import review, sale
+from core.batch import holds_card_line
 from core.broadcast import find_brand, parse_send_time
 from core.errors import ExternalError, PreconditionFailed, UserError
 from core.masking import redact_for_staff
@@ -317,10 +318,15 @@ class Desk:
                 ticket.assignee, Reply(staff_t("desk.user_said_hidden", ticket=ticket.number))
             )
             return [Reply(d.t("desk.hidden_from_staff"), delete_inbound=True)]
+        if self._conversation is not None and self._conversation.holds_secret(ctx):
+            # A card number and its secret, typed at a step that does not ask for one.
+            said = staff_t("privacy.user_sent_card_line", ticket=ticket.number)
+            await d.notify(ticket.assignee, Reply(said))
+            return [Reply(d.t("privacy.card_line_hidden"), delete_inbound=True)]
         typed = ctx.typed if ctx.typed is not None else d.inbound.text or ""
         if kind is InputKind.COMMAND and ctx.typed is None:
             typed = f"/{d.inbound.command} {d.inbound.args}".strip()
-        text = redact_for_staff(typed.strip())
+        text = redact_for_staff(typed.strip(), ctx.deps.catalog)
         await d.uow.tickets.add_message(TicketMessage(ticket.id, d.now, "user", text))
         await d.notify(
             ticket.assignee, Reply(staff_t("desk.user_says", ticket=ticket.number, text=text))
@@ -589,7 +595,9 @@ async def cmd_human(d: DeskCtx) -> list[Reply]:
     existing = await d.uow.tickets.active_for_user(d.user.id)
     if existing is not None:
         return [await _ticket_status(d, existing)]
-    d.data[_PENDING_DETAIL] = redact_for_staff(d.args)[:500]
+    catalog = d.services.sale.catalog
+    hidden = holds_card_line(d.args, catalog)  # a card and its secret: kept as hidden
+    d.data[_PENDING_DETAIL] = "[hidden]" if hidden else redact_for_staff(d.args, catalog)[:500]
     return [_ask_reason(d)]
 
 

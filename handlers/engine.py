@@ -18,6 +18,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
 
+from core.batch import holds_card_line
+from core.catalog import Catalog
 from core.errors import ConcurrentUpdate, UserError
 from core.masking import redact_for_staff
 from core.messages import Inbound, InputKind, Option, Reply
@@ -231,7 +233,9 @@ class Conversation:
                 step = await self._run(ctx)
             except UserError as refusal:
                 await uow.rollback()
-                return await self._refuse(uow, inbound, before, refusal)
+                return await self._refuse(uow, inbound, before, refusal, self.holds_secret(ctx))
+            if self.holds_secret(ctx):
+                step = replace(step, replies=_deleting_inbound(ctx, step.replies))
             await self._save(ctx, step)
             await uow.commit()
         return step
@@ -335,6 +339,20 @@ class Conversation:
             return replace(inbound, text=None, command="human", args=rest.strip())
         return inbound
 
+    def is_sensitive(self, ctx: Ctx) -> bool:
+        """Whether the message must never be kept or shown to staff: its step asks for a secret,
+        an ID or an account, or it holds a card number and its secret, whatever the step."""
+        return ctx.step in self.flow.sensitive or self.holds_secret(ctx)
+
+    @staticmethod
+    def holds_secret(ctx: Ctx) -> bool:
+        """Whether the message as typed holds a card number and (what may be) its secret."""
+        inbound = ctx.inbound
+        typed = ctx.typed if ctx.typed is not None else inbound.text
+        if typed is None and inbound.kind is InputKind.COMMAND:
+            typed = f"{inbound.command or ''} {inbound.args or ''}"
+        return bool(typed) and holds_card_line(typed or "", ctx.deps.catalog)
+
     @staticmethod
     def current_options(ctx: Ctx) -> list[str]:
         """Ids of the options on screen, in their numbered order."""
@@ -351,8 +369,9 @@ class Conversation:
             data.get(TRANSCRIPT_KEY, []),
             self.services.sale.clock.now(),
             ctx.inbound,
-            ctx.step in self.flow.sensitive,
+            self.is_sensitive(ctx),
             step.replies,
+            ctx.deps.catalog,
         )
         options = _last_options(step.replies)
         if options is not None:
@@ -370,15 +389,20 @@ class Conversation:
         )
 
     async def _refuse(
-        self, uow: UnitOfWork, inbound: Inbound, step_name: str, refusal: UserError
+        self,
+        uow: UnitOfWork,
+        inbound: Inbound,
+        step_name: str,
+        refusal: UserError,
+        holds_secret: bool = False,
     ) -> list[Reply]:
         """Answer a refusal; the only thing kept is that this message was handled."""
         await uow.inbox.claim(inbound.channel, inbound.message_id, self.services.sale.clock.now())
         ctx = await self._context(uow, inbound)
         ctx.step = step_name
-        first = Reply(
-            ctx.t(refusal.key, **refusal.params), delete_inbound=step_name in self.flow.sensitive
-        )
+        ctx.typed = inbound.text
+        hidden = holds_secret or step_name in self.flow.sensitive
+        first = Reply(ctx.t(refusal.key, **refusal.params), delete_inbound=hidden)
         replies = (first, *await self.reprompt(ctx))
         await self._save(ctx, Step(ctx.step, replies))
         await uow.commit()
@@ -424,29 +448,50 @@ async def apply_outcome(
         await uow.commit()
 
 
-def _inbound_line(inbound: Inbound, sensitive: bool) -> str:
+def _inbound_line(inbound: Inbound, sensitive: bool, catalog: Catalog | None = None) -> str:
     """A person's message as the transcript keeps it: never a secret, never a full number."""
     if sensitive:
         return "[hidden]"
     kind = inbound.kind
     if kind is InputKind.COMMAND:
-        return redact_for_staff(f"/{inbound.command} {inbound.args}".strip())
+        return redact_for_staff(f"/{inbound.command} {inbound.args}".strip(), catalog)
     if kind is InputKind.OPTION:
         return f"[{inbound.option}]"
     if kind is InputKind.IMAGE:
         return "[photo]"
     if kind is InputKind.DOCUMENT:
         return "[file]"
-    return redact_for_staff(inbound.text or "")
+    return redact_for_staff(inbound.text or "", catalog)
 
 
 def transcript_with(
-    log: list[Any], at: datetime, inbound: Inbound, sensitive: bool, replies: Sequence[Reply]
+    log: list[Any],
+    at: datetime,
+    inbound: Inbound,
+    sensitive: bool,
+    replies: Sequence[Reply],
+    catalog: Catalog | None = None,
 ) -> list[Any]:
     """The conversation's recent lines ([time, "user"|"bot", text]), for a ticket's evidence."""
-    lines = [*log, [at.isoformat(), "user", _inbound_line(inbound, sensitive)[:TRANSCRIPT_CHARS]]]
-    lines += [[at.isoformat(), "bot", r.text[:TRANSCRIPT_CHARS]] for r in replies if r.text]
+    said = _inbound_line(inbound, sensitive, catalog)[:TRANSCRIPT_CHARS]
+    lines = [*log, [at.isoformat(), "user", said]]
+    # The bot's own words are redacted too: a reply may echo what the person typed.
+    lines += [
+        [at.isoformat(), "bot", redact_for_staff(r.text, catalog)[:TRANSCRIPT_CHARS]]
+        for r in replies
+        if r.text
+    ]
     return lines[-TRANSCRIPT_LINES:]
+
+
+def _deleting_inbound(ctx: Ctx, replies: tuple[Reply, ...]) -> tuple[Reply, ...]:
+    """The replies, the first asking the chat to delete the user's message (which holds a
+    secret); a note saying so when there was nothing to answer."""
+    if any(r.delete_inbound for r in replies):
+        return replies
+    if not replies:
+        return (Reply(ctx.t("privacy.card_line_hidden"), delete_inbound=True),)
+    return (replace(replies[0], delete_inbound=True), *replies[1:])
 
 
 def _last_options(replies: tuple[Reply, ...]) -> tuple[Option, ...] | None:

@@ -168,7 +168,9 @@ async def prompt_method(ctx: Ctx) -> tuple[Reply, ...]:
 
 async def prompt_account(ctx: Ctx) -> tuple[Reply, ...]:
     method = PayoutMethod(ctx.data["method"])
-    return (Reply(ctx.t(f"payout.ask_account.{method.value}", name=ctx.user.real_name or "")),)
+    return (
+        Reply(ctx.t(f"payout.ask_account.{method.value}", name=ctx.user.real_name_masked or "")),
+    )
 
 
 async def prompt_bank_confirm(ctx: Ctx) -> tuple[Reply, ...]:
@@ -199,7 +201,7 @@ async def prompt_payout_confirm(ctx: Ctx) -> tuple[Reply, ...]:
         amount=yuan(order.payout_fen),
         method=ctx.t(f"method.{account.method.value}"),
         account=account.account_masked,
-        holder=account.holder_name,
+        holder=account.holder_name_masked,
         order=order.number,
     )
     return (Reply(text, payout_options(ctx.t, str(order.id), account.id)),)
@@ -646,7 +648,7 @@ async def on_phone(ctx: Ctx) -> Step:
         delete_inbound=True,
         text=ctx.t(
             "identity.verified",
-            name=ctx.user.real_name,
+            name=ctx.user.real_name_masked,
             id=ctx.user.id_number_masked,
             phone=ctx.user.phone_masked,
         ),
@@ -962,7 +964,7 @@ async def prompt_batch_payout_confirm(ctx: Ctx) -> tuple[Reply, ...]:
         amount=yuan(sum(o.payout_fen for o in orders)),
         method=ctx.t(f"method.{account.method.value}"),
         account=account.account_masked,
-        holder=account.holder_name,
+        holder=account.holder_name_masked,
     )
     return (Reply(text, payout_options(ctx.t, f"B{batch_id}", account.id)),)
 
@@ -1365,6 +1367,7 @@ PROMPTS = {
 SENSITIVE = frozenset(
     {
         AWAIT_SECRET,
+        AWAIT_NAME,  # a real name is personal data: never in the transcript, never to staff
         AWAIT_ID,
         AWAIT_PHONE,
         AWAIT_ACCOUNT,

@@ -267,6 +267,8 @@ def load_vault(
     key_file: Path,
     old_keys: str | None = None,
     fingerprint_key: str | None = None,
+    *,
+    create: bool = True,
 ) -> AesGcmVault:
     """The vault from configuration.
 
@@ -275,13 +277,20 @@ def load_vault(
     "fingerprint_key": ...}``, mode 0600) is read, and created with random keys on first run.
     ``old_keys``: comma-separated base64 keys that may still decrypt, newest first.
     ``fingerprint_key``: base64; overrides the key file's and the derived one.
+    ``create=False``: a missing key file is a KeyConfigError, never replaced by a new key (for
+    operator commands that must use the bots' key, such as sealing data in a migration).
     Raises KeyConfigError on malformed keys.
     """
     file_fingerprint_key: bytes | None = None
     if data_key is not None and data_key.strip():
         keys = [_decode_key(data_key, "CARDBOT_DATA_KEY")]
     else:
-        if _create_key_file(key_file):
+        if not create and not key_file.exists():
+            raise KeyConfigError(
+                f"no data key: {key_file} does not exist; set CARDBOT_DATA_KEY or"
+                " CARDBOT_DATA_KEY_FILE to the key the bots use"
+            )
+        if create and _create_key_file(key_file):
             log.warning(
                 "created a new data key file at %s: back it up and keep it outside the "
                 "database (without it the encrypted card numbers, secrets and ID numbers cannot "

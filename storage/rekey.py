@@ -1,10 +1,11 @@
 """Key rotation: re-encrypt every sealed value under the vault's primary key, and check that
 every sealed value opens.
 
-Sealed values live in a few columns (card numbers and secrets, ID and phone numbers, payout
-accounts) and in conversation state (data fields ending in ``_enc``). Each is rewrapped with
-the context it was written with (``core.sealing``), in small batches, each batch its own
-transaction, so a rotation can run while the bots serve and can be resumed if interrupted.
+Sealed values live in a few columns (card numbers and secrets, real names, ID and phone
+numbers, payout accounts and their holders' names) and in conversation state (data fields
+ending in ``_enc``). Each is rewrapped with the context it was written with
+(``core.sealing``), in small batches, each batch its own transaction, so a rotation can run
+while the bots serve and can be resumed if interrupted.
 Fingerprints (HMAC) are not touched: they use the separate fingerprint key, which stays.
 """
 
@@ -25,6 +26,7 @@ from core.sealing import (
     account_context,
     card_context,
     conversation_context,
+    holder_context,
     is_sealed_field,
     user_context,
 )
@@ -45,9 +47,11 @@ def _table(model: Any) -> Table:
 SEALED_COLUMNS: tuple[tuple[Table, str, Callable[[int], str]], ...] = (
     (_table(CardRow), "number_enc", lambda row_id: card_context(row_id, "number")),
     (_table(CardRow), "secret_enc", lambda row_id: card_context(row_id, "secret")),
+    (_table(UserRow), "real_name_enc", lambda row_id: user_context(row_id, "real_name")),
     (_table(UserRow), "id_number_enc", lambda row_id: user_context(row_id, "id_number")),
     (_table(UserRow), "phone_enc", lambda row_id: user_context(row_id, "phone")),
     (_table(PayoutAccountRow), "account_enc", account_context),
+    (_table(PayoutAccountRow), "holder_name_enc", holder_context),
 )
 
 

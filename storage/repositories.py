@@ -263,7 +263,8 @@ def _user(row: UserRow) -> User:
         id=row.id,
         created_at=row.created_at,
         language=row.language,
-        real_name=row.real_name,
+        real_name_enc=row.real_name_enc,
+        real_name_masked=row.real_name_masked,
         id_number_enc=row.id_number_enc,
         id_number_fp=row.id_number_fp,
         id_number_masked=row.id_number_masked,
@@ -359,7 +360,8 @@ class SqlAlchemyUserRepository:
         """Store changed fields of a user."""
         row = await _get_row(self._session, UserRow, user.id, "user")
         row.language = user.language
-        row.real_name = user.real_name
+        row.real_name_enc = user.real_name_enc
+        row.real_name_masked = user.real_name_masked
         row.id_number_enc = user.id_number_enc
         row.id_number_fp = user.id_number_fp
         row.id_number_masked = user.id_number_masked
@@ -745,7 +747,8 @@ def _payout_account(row: PayoutAccountRow) -> PayoutAccount:
         account_enc=row.account_enc,
         account_fp=row.account_fp,
         account_masked=row.account_masked,
-        holder_name=row.holder_name,
+        holder_name_enc=row.holder_name_enc,
+        holder_name_masked=row.holder_name_masked,
         created_at=row.created_at,
         last_used_at=row.last_used_at,
         id=row.id,
@@ -759,7 +762,8 @@ def _payout_account_values(account: PayoutAccount) -> dict[str, Any]:
         "account_enc": account.account_enc,
         "account_fp": account.account_fp,
         "account_masked": account.account_masked,
-        "holder_name": account.holder_name,
+        "holder_name_enc": account.holder_name_enc,
+        "holder_name_masked": account.holder_name_masked,
         "created_at": _utc(account.created_at),
         "last_used_at": _utc_or_none(account.last_used_at),
     }

@@ -95,7 +95,8 @@ class UserRow(Base):
     id: Mapped[int] = mapped_column(IdType, primary_key=True)
     created_at: Mapped[datetime]
     language: Mapped[str] = mapped_column(String(8))
-    real_name: Mapped[str | None] = mapped_column(String(64))
+    real_name_enc: Mapped[bytes | None]
+    real_name_masked: Mapped[str | None] = mapped_column(String(64))
     id_number_enc: Mapped[bytes | None]
     id_number_fp: Mapped[str | None] = mapped_column(String(64), index=True)
     id_number_masked: Mapped[str | None] = mapped_column(String(32))
@@ -234,7 +235,8 @@ class PayoutAccountRow(Base):
     account_enc: Mapped[bytes]
     account_fp: Mapped[str] = mapped_column(String(64), index=True)
     account_masked: Mapped[str] = mapped_column(String(64))
-    holder_name: Mapped[str] = mapped_column(String(64))
+    holder_name_enc: Mapped[bytes]
+    holder_name_masked: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime]
     last_used_at: Mapped[datetime | None]
 

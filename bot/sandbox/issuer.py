@@ -19,9 +19,13 @@ What the issuer answers, in order of precedence:
 * ``expires`` before today (Asia/Shanghai) → EXPIRED;
 * otherwise ACTIVE, with the file's balance minus what was redeemed here.
 
-Redemptions live in a small SQLite file (the card is keyed by the SHA-256 of its number, never
-the number), so every process and every restart sees the same cards. ``redeem`` is idempotent
-per reference: the same reference returns the same ``Redemption``.
+Redemptions live in a small SQLite file, so every process and every restart sees the same
+cards. A card is keyed there by a keyed HMAC of its number (``fingerprint``: the vault's, under
+the project's fingerprint key), never by the number or a plain hash of it: a card number has
+too few unknown digits behind its mask for an unkeyed hash to hide it. A file of an older
+version (``card_sha256``) is converted when first opened: each hash is matched against the card
+file and replaced by the keyed fingerprint, the rest dropped, and the file vacuumed.
+``redeem`` is idempotent per reference: the same reference returns the same ``Redemption``.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import csv
 import hashlib
 import re
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -61,12 +65,13 @@ _ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS redemptions (
     reference TEXT PRIMARY KEY,
-    card_sha256 TEXT NOT NULL,
+    card_fp TEXT NOT NULL,
     amount_fen INTEGER NOT NULL CHECK (amount_fen > 0),
     redeemed_at TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS redemptions_by_card ON redemptions (card_sha256);
+CREATE INDEX IF NOT EXISTS redemptions_by_card_fp ON redemptions (card_fp);
 """
+FINGERPRINT_KIND = "sandbox.issuer.card"
 
 
 @dataclass(frozen=True)
@@ -163,7 +168,7 @@ def load_cards(path: Path, catalog: Catalog) -> dict[str, SandboxCard]:
     return cards
 
 
-def _sha256(number: str) -> str:
+def _legacy_sha256(number: str) -> str:
     return hashlib.sha256(number.encode("ascii")).hexdigest()
 
 
@@ -174,11 +179,21 @@ def _iso(moment: datetime) -> str:
 class SandboxCardIssuer:
     """A ``CardIssuer`` over a CSV card file; redemptions kept in SQLite at ``state_path``."""
 
-    def __init__(self, cards_csv: Path, state_path: Path, catalog: Catalog, clock: Clock) -> None:
+    def __init__(
+        self,
+        cards_csv: Path,
+        state_path: Path,
+        catalog: Catalog,
+        clock: Clock,
+        *,
+        fingerprint: Callable[[str, str], str],
+    ) -> None:
+        """``fingerprint(kind, value)``: a keyed HMAC (the vault's ``fingerprint``)."""
         self._cards = load_cards(cards_csv, catalog)
         self._catalog = catalog
         self._state_path = Path(state_path)
         self._clock = clock
+        self._fingerprint = fingerprint
 
     @property
     def cards(self) -> Mapping[str, SandboxCard]:
@@ -221,21 +236,55 @@ class SandboxCardIssuer:
             raise WrongSecret()
         return card
 
+    def _card_key(self, card: SandboxCard) -> str:
+        return self._fingerprint(FINGERPRINT_KIND, card.number)
+
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         self._state_path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.closing(
             sqlite3.connect(self._state_path, timeout=10.0, isolation_level=None)
         ) as conn:
+            self._convert_legacy(conn)
             conn.executescript(_SCHEMA)
             yield conn
 
-    @staticmethod
-    def _redeemed(conn: sqlite3.Connection, card: SandboxCard) -> tuple[int, datetime | None]:
+    def _convert_legacy(self, conn: sqlite3.Connection) -> None:
+        """Replace an older file's unkeyed hashes by keyed fingerprints (once)."""
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(redemptions)")}
+        if "card_sha256" not in columns:
+            return
+        by_hash = {_legacy_sha256(n): self._card_key(c) for n, c in self._cards.items()}
+        conn.execute("PRAGMA secure_delete = ON")  # freed pages are zeroed, not left readable
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(redemptions)")}
+            if "card_sha256" in columns:  # another process may have converted it meanwhile
+                rows = conn.execute(
+                    "SELECT reference, card_sha256, amount_fen, redeemed_at FROM redemptions"
+                ).fetchall()
+                conn.execute("DROP TABLE redemptions")
+                for statement in filter(str.strip, _SCHEMA.split(";")):
+                    conn.execute(statement)  # executescript would commit half-way
+                conn.executemany(
+                    "INSERT INTO redemptions (reference, card_fp, amount_fen, redeemed_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    [(r[0], by_hash[r[1]], r[2], r[3]) for r in rows if r[1] in by_hash],
+                )
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        conn.execute("VACUUM")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def _redeemed(
+        self, conn: sqlite3.Connection, card: SandboxCard
+    ) -> tuple[int, datetime | None]:
         total, last = conn.execute(
             "SELECT COALESCE(SUM(amount_fen), 0), MAX(redeemed_at) FROM redemptions"
-            " WHERE card_sha256 = ?",
-            (_sha256(card.number),),
+            " WHERE card_fp = ?",
+            (self._card_key(card),),
         ).fetchone()
         return int(total), datetime.fromisoformat(last) if last else None
 
@@ -284,9 +333,9 @@ class SandboxCardIssuer:
         reference: str,
         now: datetime,
     ) -> Redemption:
-        card_key = _sha256(card.number)
+        card_key = self._card_key(card)
         done = conn.execute(
-            "SELECT card_sha256, amount_fen, redeemed_at FROM redemptions WHERE reference = ?",
+            "SELECT card_fp, amount_fen, redeemed_at FROM redemptions WHERE reference = ?",
             (reference,),
         ).fetchone()
         if done is not None:
@@ -305,7 +354,7 @@ class SandboxCardIssuer:
         if amount_fen > verification.balance_fen:
             raise CardUnusable("error.card_balance_changed", balance_fen=verification.balance_fen)
         conn.execute(
-            "INSERT INTO redemptions (reference, card_sha256, amount_fen, redeemed_at)"
+            "INSERT INTO redemptions (reference, card_fp, amount_fen, redeemed_at)"
             " VALUES (?, ?, ?, ?)",
             (reference, card_key, amount_fen, _iso(now)),
         )

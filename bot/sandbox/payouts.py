@@ -28,17 +28,23 @@ Requests the provider would reject are recorded as FAILED (never an exception), 
 the magic values: ``INVALID_AMOUNT`` (amount not a positive integer), ``INVALID_METHOD``,
 ``INVALID_ACCOUNT`` (empty), ``INVALID_BANK_CARD`` (bank account not 12–19 digits),
 ``USER_NAME_REQUIRED`` (WeChat, amount ≥ 200000 fen without a holder name).
+
+The file keeps the payee as keyed HMACs of the account and the holder's name (``fingerprint``:
+the vault's, under the project's fingerprint key) — enough to tell a replay from a conflicting
+request, useless for guessing: an unkeyed hash of a bank card falls to brute force from its
+masked digits. A file of an older version (``account_sha256``, ``holder_name_sha256``) is
+converted when first opened: its hashes cannot be turned into fingerprints, so they are erased
+(the file vacuumed) and the first replay of such a transfer records the payee's fingerprints.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import secrets
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -60,8 +66,8 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS transfers (
     reference TEXT PRIMARY KEY,
     method TEXT NOT NULL,
-    account_sha256 TEXT NOT NULL,
-    holder_name_sha256 TEXT NOT NULL,
+    account_fp TEXT,
+    holder_name_fp TEXT,
     amount_fen INTEGER NOT NULL,
     state TEXT NOT NULL,
     provider_txn_id TEXT,
@@ -77,7 +83,7 @@ CREATE TABLE IF NOT EXISTS lost_requests (
 """
 
 _COLUMNS = (
-    "reference, method, account_sha256, holder_name_sha256, amount_fen, state, "
+    "reference, method, account_fp, holder_name_fp, amount_fen, state, "
     "provider_txn_id, failure_reason, created_at, completes_at, completed_at"
 )
 
@@ -114,10 +120,6 @@ def _normalise_account(method: str, account: str) -> str:
     if method == PayoutMethod.BANK:
         account = account.replace(" ", "").replace("-", "")
     return account
-
-
-def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _iso(moment: datetime) -> str:
@@ -175,10 +177,14 @@ class SandboxPayoutGateway:
         self,
         state_path: Path,
         clock: Clock,
+        *,
+        fingerprint: Callable[[str, str], str],
         late_seconds: float = 30.0,
         delay_seconds: float = 0.0,
     ) -> None:
+        """``fingerprint(kind, value)``: a keyed HMAC (the vault's ``fingerprint``)."""
         self._path = Path(state_path)
+        self._fingerprint = fingerprint
         self._clock = clock
         self._late = timedelta(seconds=late_seconds)
         # A slow provider: each transfer request takes this long (wall time) before it runs.
@@ -275,8 +281,8 @@ class SandboxPayoutGateway:
             raise ValueError(f"reference must be 1–{MAX_REFERENCE_LENGTH} characters")
         method = str(request.method)
         account = _normalise_account(method, request.account)
-        account_sha = _sha256(account)
-        holder_sha = _sha256(request.holder_name.strip())
+        account_fp = self._fingerprint("sandbox.payout.account", f"{method}:{account}")
+        holder_fp = self._fingerprint("sandbox.payout.holder", request.holder_name.strip())
         # BEGIN IMMEDIATE takes the write lock before reading, so two callers (tasks or
         # processes) with one reference are serialised and only the first one executes.
         with self._transaction() as conn:
@@ -285,10 +291,17 @@ class SandboxPayoutGateway:
                 f"SELECT {_COLUMNS} FROM transfers WHERE reference = ?", (reference,)
             ).fetchone()
             if row is not None:
+                if row[2] is None:  # converted from an older file: the payee was not kept
+                    conn.execute(
+                        "UPDATE transfers SET account_fp = ?, holder_name_fp = ?"
+                        " WHERE reference = ?",
+                        (account_fp, holder_fp, reference),
+                    )
+                    row = (row[0], row[1], account_fp, holder_fp, *row[4:])
                 if (row[1], row[2], row[3], row[4]) != (
                     method,
-                    account_sha,
-                    holder_sha,
+                    account_fp,
+                    holder_fp,
                     request.amount_fen,
                 ):
                     raise ReferenceConflict(
@@ -323,8 +336,8 @@ class SandboxPayoutGateway:
                 (
                     reference,
                     method,
-                    account_sha,
-                    holder_sha,
+                    account_fp,
+                    holder_fp,
                     request.amount_fen,
                     mode.state.value,
                     _new_txn_id(now) if executed else None,
@@ -384,6 +397,7 @@ class SandboxPayoutGateway:
             try:
                 # WAL lets readers in other processes proceed while one transfer is written.
                 conn.execute("PRAGMA journal_mode=WAL")
+                _convert_legacy(conn)
                 conn.executescript(_SCHEMA)
             finally:
                 conn.close()
@@ -394,6 +408,35 @@ class SandboxPayoutGateway:
         if now.tzinfo is None:
             raise ValueError("the clock must return timezone-aware datetimes")
         return now
+
+
+def _convert_legacy(conn: sqlite3.Connection) -> None:
+    """Erase an older file's unkeyed hashes of accounts and names (once)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(transfers)")}
+    if "account_sha256" not in columns:
+        return
+    conn.execute("PRAGMA secure_delete = ON")  # freed pages are zeroed, not left readable
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(transfers)")}
+        if "account_sha256" in columns:  # another process may have converted it meanwhile
+            kept = (
+                "reference, method, amount_fen, state, provider_txn_id, failure_reason,"
+                " created_at, completes_at, completed_at"
+            )
+            conn.execute("ALTER TABLE transfers RENAME TO transfers_v1")
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                conn.execute(statement)  # executescript would commit half-way
+            conn.execute(
+                f"INSERT INTO transfers ({kept}) SELECT {kept} FROM transfers_v1 ORDER BY rowid"
+            )
+            conn.execute("DROP TABLE transfers_v1")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    conn.execute("VACUUM")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def _result(row: tuple[Any, ...]) -> PayoutResult:

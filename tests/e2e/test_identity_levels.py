@@ -9,6 +9,7 @@ from pathlib import Path
 
 from core.identity import luhn_valid
 from core.model import OrderStatus, PayoutMethod
+from core.sealing import holder_context
 from tests.e2e.conftest import Harness
 from tests.e2e.test_console_sale import (
     ALIPAY,
@@ -81,7 +82,11 @@ async def test_over_the_level_1_limit_a_bank_card_in_one_s_own_name_lets_the_sal
             events = [e.action for e in await uow.audit.for_subject(f"user:{user.id}")]
         assert user.kyc_level == 2
         assert {a.method for a in accounts} == {PayoutMethod.ALIPAY, PayoutMethod.BANK}
-        assert all(a.holder_name == NAME for a in accounts)
+        assert all(
+            h.app.services.sale.vault.decrypt(a.holder_name_enc, holder_context(a.id or 0)) == NAME
+            for a in accounts
+        )
+        assert all(a.holder_name_masked == NAME[0] + "*" * (len(NAME) - 1) for a in accounts)
         # The mismatch and the match; an unanswered check and a malformed number decided nothing.
         assert events.count("identity.level2_checked") == 2
 

@@ -16,16 +16,24 @@ from core.messages import Inbound
 from core.model import OrderStatus, PayoutState
 from handlers.i18n import Translator
 from handlers.notify import finish_unfinished
+from storage.crypto import AesGcmVault
 from tests.e2e.conftest import Harness
 from tests.e2e.test_console_sale import SCRIPT, WALMART, card_photo, play
 from tests.fakes import GatedReader, ScriptedGateway, ScriptedIssuer
 
 ZH = Translator("zh")
 
+# The sandbox keys its state with the vault's keyed fingerprints.
+FINGERPRINT = AesGcmVault([bytes(32)]).fingerprint
+
 
 def with_issuer(h: Harness, tmp_path: Path, errors: list[Exception]) -> ScriptedIssuer:
     inner = SandboxCardIssuer(
-        h.settings.sandbox_cards, tmp_path / "issuer.sqlite3", default_catalog(), h.clock
+        h.settings.sandbox_cards,
+        tmp_path / "issuer.sqlite3",
+        default_catalog(),
+        h.clock,
+        fingerprint=FINGERPRINT,
     )
     issuer = ScriptedIssuer(inner, errors)
     h.ports["issuer"] = issuer

@@ -56,7 +56,7 @@ from core.pricing import default_pricing
 from core.risk import RiskPolicy
 from core.sale import SaleDeps, resume_unfinished, settle
 from core.sale import retry_failed_payout as retry_failed
-from core.sealing import account_context, card_context
+from core.sealing import account_context, card_context, holder_context
 from storage.crypto import AesGcmVault
 from storage.db import SqlAlchemyUnitOfWorkFactory, make_engine
 from storage.tables import metadata
@@ -276,7 +276,7 @@ class PayoutMachine(RuleBasedStateMachine):
         now = self.clock.now()
         async with self.db() as uow:
             user, _ = await uow.users.for_channel("telegram", f"u{n}", f"u{n}", "zh", now)
-            user = replace(user, real_name="张三", verified_at=now, kyc_level=1)
+            user = replace(user, real_name_masked="张*", verified_at=now, kyc_level=1)
             await uow.users.update(user)
             card = await uow.cards.add(
                 Card(
@@ -348,12 +348,15 @@ class PayoutMachine(RuleBasedStateMachine):
                 account_enc=b"",
                 account_fp=f"acct{n}-{k}",
                 account_masked="1**********",
-                holder_name="张三",
+                holder_name_enc=b"",
+                holder_name_masked="张*",
                 created_at=self.clock.now(),
             )
         )
         row = replace(
-            row, account_enc=self.vault.encrypt(f"13800{n:03d}{k:03d}", account_context(row.id))
+            row,
+            account_enc=self.vault.encrypt(f"13800{n:03d}{k:03d}", account_context(row.id)),
+            holder_name_enc=self.vault.encrypt("张三", holder_context(row.id)),
         )
         await uow.payout_accounts.update(row)
         return row

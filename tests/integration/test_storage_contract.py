@@ -121,7 +121,8 @@ async def new_account(uow: UnitOfWork, user: User, fp: str = "fp-acct-1") -> Pay
             account_enc=b"\x01enc-account",
             account_fp=fp,
             account_masked="138****8000",
-            holder_name="张三",
+            holder_name_enc=b"\x01enc-holder",
+            holder_name_masked="张*",
             created_at=T0,
         )
     )
@@ -380,7 +381,8 @@ class TestStorageContract:
             verified = replace(
                 user,
                 language="en",
-                real_name="张三",
+                real_name_enc=b"\x01name",
+                real_name_masked="张*",
                 id_number_enc=b"\x01id",
                 id_number_fp="fp-id",
                 id_number_masked="1101**********123X",
@@ -930,13 +932,15 @@ async def test_sensitive_values_never_reach_the_database_file_in_plaintext(
         "id_number": "11010519491231002X",
         "phone": "13912345678",
         "account": "6217000010012345678",
+        "name": "欧阳娜娜",
     }
     async with uow_factory() as uow:
         user, _ = await uow.users.for_channel("telegram", "canary", "canary", "zh", T0)
         await uow.users.update(
             replace(
                 user,
-                real_name="王五",
+                real_name_enc=vault.encrypt(canaries["name"], f"user:{user.id}.real_name"),
+                real_name_masked="欧***",
                 id_number_enc=vault.encrypt(canaries["id_number"], f"user:{user.id}.id_number"),
                 id_number_fp=vault.fingerprint("id_number", canaries["id_number"]),
                 id_number_masked="1101**********002X",
@@ -962,7 +966,11 @@ async def test_sensitive_values_never_reach_the_database_file_in_plaintext(
         await uow.cards.update(card)
         account = await new_account(uow, user, vault.fingerprint("payout.bank", "x"))
         await uow.payout_accounts.update(
-            replace(account, account_enc=vault.encrypt(canaries["account"], f"acct:{account.id}"))
+            replace(
+                account,
+                account_enc=vault.encrypt(canaries["account"], f"acct:{account.id}"),
+                holder_name_enc=vault.encrypt(canaries["name"], f"holder:{account.id}"),
+            )
         )
         await uow.commit()
     async with uow_factory() as uow:
@@ -973,7 +981,7 @@ async def test_sensitive_values_never_reach_the_database_file_in_plaintext(
     assert path is not None
     raw = database_file_bytes(Path(path))
     # Positive control: a value stored in plaintext on purpose is found by the same scan.
-    assert "王五".encode() in raw
+    assert b"138****8000" in raw
     for value in canaries.values():
         assert value.encode() not in raw, value
         assert value.encode("utf-16-le") not in raw, value

@@ -103,3 +103,50 @@ def test_every_non_blank_line_gets_exactly_one_verdict_whatever_its_quotes(
     text = "\n".join(lines)
     non_blank = [n for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
     assert verdict_lines(text) == non_blank
+
+
+# --------------------------------------------------------------------------------------------
+# A card line anywhere in a message: hidden and deleted, whatever the step (issue 12, item 2)
+
+import pytest  # noqa: E402 - this section's own
+
+from core.batch import holds_card_line  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"{WALMART} 135790",
+        f"{WALMART}-135790",
+        f"{WALMART}，135790",
+        "2326 0817 4402 9136 135790",
+        "2326-0817-4402-9136-135790",
+        f"我的卡 {WALMART} 135790 帮我看看",
+        "8810209311880348 B7N2C4V6Z8L1H3J5",
+        f"{WALMART} 13",  # part of a secret is a secret too
+        f"第一张\n{WALMART} 135790",
+        f"/{WALMART} 135790",  # typed as a command
+    ],
+)
+def test_a_card_number_followed_by_what_may_be_its_secret_is_a_card_line(text: str) -> None:
+    assert holds_card_line(text, CATALOG)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        WALMART,
+        f"{WALMART} 是我的卡",
+        f"卡号 {WALMART} 余额 500",  # a word in between: masking keeps the digits apart
+        "订单 CB00000012 金额 500",
+        "13812345678 135790",  # not a card number
+        "",
+    ],
+)
+def test_a_number_alone_or_with_words_is_not_a_card_line(text: str) -> None:
+    assert not holds_card_line(text, CATALOG)
+
+
+@given(st.text(max_size=300))
+def test_any_text_can_be_checked_for_a_card_line(text: str) -> None:
+    holds_card_line(text, CATALOG)

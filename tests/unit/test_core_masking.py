@@ -174,3 +174,95 @@ def test_after_redact_no_run_of_six_digits_remains_outside_dates(text: str) -> N
     out = redact(text)
     for match in re.finditer(r"\d(?:[ -]?\d){5,}", out):
         assert re.fullmatch(r"\d{4}-\d{2}-\d{2}(?:[ -]\d{4}-\d{2}-\d{2})*", match.group()), out
+
+
+# --------------------------------------------------------------------------------------------
+# A card number and its secret on one line (issue 12, item 2)
+
+from core.catalog import default_catalog, luhn_check_digit  # noqa: E402 - this section's own
+from core.masking import redact_for_staff  # noqa: E402
+
+CATALOG = default_catalog()
+BRANDS_WITH_SECRET = [b for b in CATALOG.brands() if b.has_secret]
+
+
+@st.composite
+def card_and_secret(draw: st.DrawFn) -> tuple[str, str]:
+    """A number that fits a catalog brand and a secret in that brand's shape."""
+    brand = draw(st.sampled_from(BRANDS_WITH_SECRET))
+    prefix = brand.prefixes[0]
+    length = brand.lengths[0]
+    body = prefix + draw(
+        st.text("0123456789", min_size=length - len(prefix) - 1).map(
+            lambda s: s[: length - len(prefix) - 1].ljust(length - len(prefix) - 1, "0")
+        )
+    )
+    number = body + luhn_check_digit(body) if brand.check == "luhn" else body + "7"
+    assert brand.fits(number), number
+    secret = draw(st.from_regex(brand.secret_pattern, fullmatch=True))
+    return number, secret
+
+
+def _compact(text: str) -> str:
+    return re.sub(r"[\s\-]", "", text)
+
+
+@given(
+    card_and_secret(),
+    st.sampled_from([" ", "  ", "-", " - ", ""]),
+    st.sampled_from(["", "卡号", "我的卡 ", "hi "]),
+    st.sampled_from(["", " 谢谢", "，帮我看看", " thanks"]),
+)
+def test_of_a_card_and_its_secret_on_one_line_staff_read_no_four_digits_of_the_secret(
+    card: tuple[str, str], sep: str, before: str, after: str
+) -> None:
+    number, secret = card
+    said = _compact(redact_for_staff(f"{before}{number}{sep}{secret}{after}"))
+    for i in range(len(secret) - 3):
+        window = secret[i : i + 4]
+        if any(c.isdigit() for c in window):
+            assert window not in said, said
+
+
+@given(card_and_secret(), st.sampled_from([" ", "-", ""]))
+def test_a_card_followed_by_more_digits_is_masked_whole(card: tuple[str, str], sep: str) -> None:
+    number, secret = card
+    digits = re.sub(r"\D", "", secret)
+    if not digits:
+        return
+    said = redact_for_staff(f"{number}{sep}{digits}")
+    assert not any(c.isdigit() for c in said), said
+
+
+def test_the_last_four_are_shown_only_for_a_run_of_a_catalog_card_length() -> None:
+    assert redact_for_staff("2326081744029136").endswith("9136")  # 16: Walmart's length
+    assert redact_for_staff("1000111300245178961").endswith("8961")  # 19
+    assert not any(c.isdigit() for c in redact_for_staff("23260817440291361357"))  # 20
+    assert not any(c.isdigit() for c in redact_for_staff("232608174402913"))  # 15
+
+
+def test_redact_for_logs_masks_a_run_longer_than_any_card_whole() -> None:
+    assert not any(c.isdigit() for c in redact("2326081744029136 135790"))
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("账户 lilei.pays@example.com 谢谢", "账户 l***@example.com 谢谢"),
+        ("mail: 12345678901@qq.com.", "mail: 1***@qq.com."),
+        ("wxid_abc123def 是我的微信", "w****f 是我的微信"),
+        ("微信号 zhang_san88", "微信号 z****8"),
+        ("支付宝：lilei-88", "支付宝：l****8"),
+    ],
+)
+def test_payout_accounts_in_free_text_are_masked_like_other_identifiers(
+    text: str, masked: str
+) -> None:
+    assert redact(text) == masked
+    assert redact_for_staff(text) == masked
+
+
+@given(st.text())
+def test_redact_for_staff_is_idempotent(text: str) -> None:
+    once = redact_for_staff(text)
+    assert redact_for_staff(once) == once

@@ -18,6 +18,7 @@ from core.model import CardStatus
 from core.ports import CardIssuer, Redemption
 from core.pricing import default_pricing, quote_card
 from core.risk import RiskFacts, RiskPolicy, assess
+from storage.crypto import AesGcmVault
 from tests.fakes import FakeClock
 
 SANDBOX = Path(__file__).resolve().parents[2] / "bot" / "sandbox"
@@ -42,6 +43,9 @@ P3 = ("sinopec", "1000111300245180527", "369369")
 Q2 = ("petrochina", "9030270018463087", "258369")
 X2 = ("ctrip", "7710460258422650", "790246")
 
+# The sandbox keys its state with the vault's keyed fingerprints.
+FINGERPRINT = AesGcmVault([bytes(32)]).fingerprint
+
 
 @pytest.fixture
 def clock() -> FakeClock:
@@ -55,7 +59,7 @@ def state(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def issuer(state: Path, clock: FakeClock) -> SandboxCardIssuer:
-    return SandboxCardIssuer(CARDS, state, CATALOG, clock)
+    return SandboxCardIssuer(CARDS, state, CATALOG, clock, fingerprint=FINGERPRINT)
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,7 +186,7 @@ async def test_a_card_past_its_expiry_date_is_expired(issuer: SandboxCardIssuer)
 async def test_expiry_follows_the_shanghai_calendar_day(state: Path) -> None:
     # 2099-01-20 16:30 UTC is already 2099-01-21 in Shanghai.
     clock = FakeClock(datetime(2099, 1, 20, 15, 59, tzinfo=UTC))
-    issuer = SandboxCardIssuer(CARDS, state, CATALOG, clock)
+    issuer = SandboxCardIssuer(CARDS, state, CATALOG, clock, fingerprint=FINGERPRINT)
     assert (await issuer.verify(*J3)).status is CardStatus.ACTIVE
     clock.advance(minutes=1)
     assert (await issuer.verify(*J3)).status is CardStatus.EXPIRED
@@ -192,7 +196,7 @@ async def test_near_expiry_cards_lose_three_points_on_a_clock_set_close_to_their
     state: Path,
 ) -> None:
     clock = FakeClock(datetime(2099, 1, 1, 6, 0, tzinfo=UTC))
-    issuer = SandboxCardIssuer(CARDS, state, CATALOG, clock)
+    issuer = SandboxCardIssuer(CARDS, state, CATALOG, clock, fingerprint=FINGERPRINT)
     day = date(2099, 1, 1)
     pricing = default_pricing()
     for card, payout in ((J3, 18_100), (X2, 43_400)):
@@ -354,24 +358,25 @@ async def test_two_concurrent_redemptions_of_one_card_take_its_balance_once(
 async def test_redemptions_survive_a_restart_and_are_shared_between_instances(
     state: Path, clock: FakeClock
 ) -> None:
-    first = SandboxCardIssuer(CARDS, state, CATALOG, clock)
-    second = SandboxCardIssuer(CARDS, state, CATALOG, clock)
+    first = SandboxCardIssuer(CARDS, state, CATALOG, clock, fingerprint=FINGERPRINT)
+    second = SandboxCardIssuer(CARDS, state, CATALOG, clock, fingerprint=FINGERPRINT)
     redemption = await first.redeem(*W1, 50_000, "ref-1")
     assert (await second.verify(*W1)).status is CardStatus.USED
     assert await second.redeem(*W1, 50_000, "ref-1") == redemption
     with pytest.raises(CardUnusable):
         await second.redeem(*W1, 50_000, "ref-2")
-    restarted = SandboxCardIssuer(CARDS, state, CATALOG, FakeClock())
+    restarted = SandboxCardIssuer(CARDS, state, CATALOG, FakeClock(), fingerprint=FINGERPRINT)
     assert (await restarted.verify(*W1)).used_at == redemption.redeemed_at
 
 
-async def test_the_state_file_keeps_a_hash_of_the_number_never_the_number(
+async def test_the_state_file_keeps_a_keyed_fingerprint_of_the_number_never_the_number(
     issuer: SandboxCardIssuer, state: Path
 ) -> None:
     await issuer.redeem(*W1, 50_000, "ref-1")
     raw = await asyncio.to_thread(state.read_bytes)
     assert W1[1].encode() not in raw
-    assert hashlib.sha256(W1[1].encode()).hexdigest().encode() in raw
+    assert hashlib.sha256(W1[1].encode()).hexdigest().encode() not in raw
+    assert FINGERPRINT("sandbox.issuer.card", W1[1]).encode() in raw
 
 
 # --------------------------------------------------------------------------------------------
@@ -447,4 +452,4 @@ def test_a_file_with_a_bom_blank_lines_and_spaced_numbers_loads(tmp_path: Path) 
 def test_a_malformed_file_stops_the_issuer_from_starting(tmp_path: Path, state: Path) -> None:
     path = write(tmp_path, ",".join(HEADER), "walmart,1,135790,50000,50000,2099-12-31,active")
     with pytest.raises(ValueError, match="line 2"):
-        SandboxCardIssuer(path, state, CATALOG, FakeClock())
+        SandboxCardIssuer(path, state, CATALOG, FakeClock(), fingerprint=FINGERPRINT)

@@ -17,6 +17,10 @@ from bot.sandbox.payouts import ReferenceConflict, SandboxPayoutGateway
 from core.errors import PayoutOutcomeUnknown
 from core.model import PayoutMethod, PayoutState
 from core.ports import PayoutGateway, PayoutRequest
+from storage.crypto import AesGcmVault
+
+# The sandbox keys its state with the vault's keyed fingerprints.
+FINGERPRINT = AesGcmVault([bytes(32)]).fingerprint
 
 
 class SteppingClock:
@@ -42,7 +46,7 @@ def state_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def gateway(state_path: Path, clock: SteppingClock) -> SandboxPayoutGateway:
-    return SandboxPayoutGateway(state_path, clock, late_seconds=30)
+    return SandboxPayoutGateway(state_path, clock, fingerprint=FINGERPRINT, late_seconds=30)
 
 
 def request(
@@ -265,13 +269,13 @@ async def test_an_empty_reference_is_a_programming_error(gateway: SandboxPayoutG
 async def test_state_survives_a_new_gateway_on_the_same_file(
     state_path: Path, clock: SteppingClock
 ) -> None:
-    before = SandboxPayoutGateway(state_path, clock, late_seconds=30)
+    before = SandboxPayoutGateway(state_path, clock, fingerprint=FINGERPRINT, late_seconds=30)
     paid = await before.transfer(request())
     with pytest.raises(PayoutOutcomeUnknown):
         await before.transfer(request("lost@example.com", reference="R-lost"))
     await before.transfer(request("late@example.com", reference="R-late"))
 
-    after = SandboxPayoutGateway(state_path, clock, late_seconds=30)
+    after = SandboxPayoutGateway(state_path, clock, fingerprint=FINGERPRINT, late_seconds=30)
     assert await after.query("CB00000001-P1") == paid
     assert await after.transfer(request()) == paid
     # The loss was remembered, so the retry after the restart executes.
@@ -317,7 +321,10 @@ def test_concurrent_processes_with_one_reference_execute_once(state_path: Path) 
             def now(self):
                 return datetime.now(UTC)
 
-        gateway = SandboxPayoutGateway(Path({str(state_path)!r}), Clock())
+        from storage.crypto import AesGcmVault
+        gateway = SandboxPayoutGateway(
+            Path({str(state_path)!r}), Clock(), fingerprint=AesGcmVault([bytes(32)]).fingerprint
+        )
         req = PayoutRequest("P-1", PayoutMethod.ALIPAY, "a@example.com", "张三", 100)
         print(asyncio.run(gateway.transfer(req)).provider_txn_id)
         """
@@ -332,7 +339,10 @@ def test_concurrent_processes_with_one_reference_execute_once(state_path: Path) 
 
     assert all(p.returncode == 0 for p in procs), [err.decode() for _, err in outputs]
     assert len({out.strip() for out, _ in outputs}) == 1
-    assert len(SandboxPayoutGateway(state_path, SteppingClock()).transfers()) == 1
+    assert (
+        len(SandboxPayoutGateway(state_path, SteppingClock(), fingerprint=FINGERPRINT).transfers())
+        == 1
+    )
 
 
 async def test_the_state_file_holds_no_account_in_the_clear(
@@ -352,4 +362,6 @@ async def test_a_naive_clock_is_refused(state_path: Path) -> None:
             return datetime(2025, 3, 1, 9, 0)
 
     with pytest.raises(ValueError, match="timezone-aware"):
-        await SandboxPayoutGateway(state_path, NaiveClock()).transfer(request())
+        await SandboxPayoutGateway(state_path, NaiveClock(), fingerprint=FINGERPRINT).transfer(
+            request()
+        )
