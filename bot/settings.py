@@ -104,6 +104,9 @@ class Settings(BaseSettings):
     wechat_token: SecretStr | None = _env("WECHAT_TOKEN", "wechat_token")
     wechat_app_id: str | None = _env("WECHAT_APP_ID", "wechat_app_id")
     wechat_app_secret: SecretStr | None = _env("WECHAT_APP_SECRET", "wechat_app_secret")
+    # The official account's original id (原始ID, gh_…, under 设置与开发 → 基本配置 /
+    # 公众号设置 → 注册信息): a push addressed (ToUserName) to any other account is refused.
+    wechat_account_id: str | None = _env("WECHAT_ACCOUNT_ID", "wechat_account_id")
     wechat_aes_key: SecretStr | None = _env("WECHAT_AES_KEY", "wechat_aes_key")
     wechat_api_base: str = Field(
         "https://api.weixin.qq.com",
