@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +45,7 @@ class HttpLimits:
     max_body_bytes: int = 1024 * 1024
 
 
-def _body_deadline(
-    seconds: float,
-) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def _body_deadline(seconds: float) -> Middleware:
     @web.middleware
     async def read_body_in_time(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.body_exists:

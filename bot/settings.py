@@ -91,6 +91,29 @@ class Settings(BaseSettings):
     )
     # --- end desk ---
     redis_url: str | None = _env("CARDBOT_REDIS_URL", "redis_url")
+    # --- HTTP edges (bot/http.py): the server of WeChat pushes and the Telegram webhook ---
+    # A connection must send a whole request head within this (slowloris), and its body
+    # within the next; beyond this many open connections a new one gets 503.
+    http_header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        validation_alias=AliasChoices(
+            "CARDBOT_HTTP_HEADER_TIMEOUT_SECONDS", "http_header_timeout_seconds"
+        ),
+    )
+    http_body_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        validation_alias=AliasChoices(
+            "CARDBOT_HTTP_BODY_TIMEOUT_SECONDS", "http_body_timeout_seconds"
+        ),
+    )
+    http_max_connections: int = Field(
+        256,
+        ge=1,
+        validation_alias=AliasChoices("CARDBOT_HTTP_MAX_CONNECTIONS", "http_max_connections"),
+    )
+    # --- end HTTP edges ---
     log_level: str = Field("INFO", validation_alias=AliasChoices("CARDBOT_LOG_LEVEL", "log_level"))
 
     telegram_bot_token: SecretStr | None = _env("TELEGRAM_BOT_TOKEN", "telegram_bot_token")

@@ -266,7 +266,7 @@ def parse_push(xml: str) -> Push:
     try:
         message = parse_message(xml)
         openid, account = message.source, message.target
-        create_time = int(raw_time)
+        create_time = int(str(raw_time))
     except Exception as exc:
         raise PushRejected(400, "malformed push") from exc
     if not _plausible(openid) or not _plausible(account) or not 0 < create_time <= MAX_CREATE_TIME:

@@ -95,9 +95,7 @@ class PushService:
         """PushRejected unless ``stamp`` is new or signed ``binding`` before (a retry).
         Without the replay store no request is acted on: 503, and WeChat tries again."""
         try:
-            admitted = await self._replays.admit(
-                stamp, binding, self._security.expires_at(stamp)
-            )
+            admitted = await self._replays.admit(stamp, binding, self._security.expires_at(stamp))
         except Exception as exc:
             log.error("the WeChat replay store failed: %s", type(exc).__name__, exc_info=True)
             raise PushRejected(503, "cannot check the request for replay now") from exc
