@@ -93,7 +93,11 @@ def _empty_postgres_tables(connection: Connection) -> None:
     connection.execute(
         text(
             "SELECT setval(s.seq::regclass, 1, false) FROM ("
-            "  SELECT pg_get_serial_sequence(quote_ident(c.table_name), c.column_name) AS seq"
+            # Schema-qualified: the planner may evaluate this before the schema filter, on
+            # other schemas' tables too (a bare table name then fails to resolve).
+            "  SELECT pg_get_serial_sequence("
+            "    quote_ident(c.table_schema) || '.' || quote_ident(c.table_name), c.column_name"
+            "  ) AS seq"
             "  FROM information_schema.columns c"
             "  WHERE c.table_schema = current_schema() AND c.column_default LIKE 'nextval(%'"
             ") s WHERE s.seq IS NOT NULL"

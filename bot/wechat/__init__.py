@@ -5,7 +5,8 @@ Modules: ``protocol`` (signatures, AES, push XML → :class:`~bot.wechat.protoco
 replies → numbered-menu texts split under WeChat's size limit), ``api`` (stable access token,
 customer-service and template messages, media download — aiohttp, every URL under
 ``WECHAT_API_BASE``), ``delivery`` (the durable outbox and the customer-service quota),
-``service`` (the ``/wechat`` handlers).
+``replay`` (the (timestamp, nonce) memory, database or Redis), ``service`` (the ``/wechat``
+handlers).
 
 Exactly one answer per message — the design
 -------------------------------------------
@@ -42,6 +43,16 @@ message. So:
    passive reply to the user's next message (under a short header), since that reply is the one
    message WeChat always lets through; what does not fit in one message follows by customer
    service, now that the user's message reopened the window.
+
+Who may push
+------------
+
+A push is acted on only when its signature checks, its timestamp is within five minutes of now
+and its (timestamp, nonce) pair has not signed anything else (``replay``: the pair is bound to
+the push's XML, so WeChat's retries above still reach the handling in hand); in safe and
+compatible mode only the encrypted copy is read; ``ToUserName`` must be ``WECHAT_ACCOUNT_ID``.
+Plaintext mode authenticates nothing but the URL, so it does not start while any ``wechat:``
+staff or admin exists.
 
 Known limit: if the passive reply itself is lost on the network after it was sent, WeChat
 retries and gets ``success`` — cardbot prefers a lost duplicate to a double answer.
