@@ -4,8 +4,10 @@ webhook), with the edges an open port needs (issue 12, item 5):
 - **a deadline for the request head**: a connection that has not sent a whole request line and
   headers within ``header_seconds`` of opening (or of its previous response) is closed — so a
   slowloris client holding connections open with a byte now and then loses them. aiohttp's
-  keep-alive timer does this: since 3.10 it starts when the connection is made and closes it
-  while no complete request has arrived, so ``keepalive_timeout`` is the header deadline;
+  keep-alive timer does this: in aiohttp 3.14.5 (the lowest version allowed, see
+  pyproject.toml) it starts when the connection is made — the change of aiohttp PR #13681 —
+  and closes the connection while no complete request has arrived, so ``keepalive_timeout``
+  is the header deadline; the slowloris test checks that this holds;
 - **a deadline for the body**: a middleware reads the body within ``body_seconds`` before the
   handler runs (408 and the connection closed otherwise), under aiohttp's ``client_max_size``
   (413 beyond it); handlers then read it from memory;

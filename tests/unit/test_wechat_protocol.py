@@ -189,3 +189,73 @@ def test_the_customer_service_quota_is_five_in_48_hours_or_three_in_a_minute() -
     assert open_window(clicked, T0 + timedelta(seconds=59)) == "event"
     assert open_window(clicked, T0 + timedelta(seconds=61)) is None
     assert backoff(1) == timedelta(seconds=2) and backoff(30) == timedelta(seconds=60)
+
+
+def test_only_a_recent_well_formed_stamp_is_accepted() -> None:
+    query = signed()
+    assert SAFE.handshake(query, NOW + timedelta(seconds=300))[1].timestamp == 1700000000
+    for late in (timedelta(seconds=301), timedelta(seconds=-301), timedelta(days=365)):
+        with pytest.raises(PushRejected) as refused:
+            SAFE.handshake(query, NOW + late)
+        assert refused.value.status == 403
+    for timestamp, nonce in (("１７", "n"), ("1" * 13, "n"), ("1700000000", "n" * 65), ("1", "")):
+        forged = {"timestamp": timestamp, "nonce": nonce}
+        forged["signature"] = sha1_signature(TOKEN, timestamp, nonce)
+        with pytest.raises(PushRejected):
+            SAFE.handshake(forged, NOW)
+    stamp = SAFE.handshake(query, NOW)[1]
+    assert SAFE.expires_at(stamp) == NOW + timedelta(seconds=300)
+
+
+def test_compatible_mode_acts_only_on_the_encrypted_copy() -> None:
+    compatible = PushSecurity(TOKEN, APP_ID, "compatible", [AES_KEY], account_id=ACCOUNT)
+    with pytest.raises(PushRejected) as refused:
+        compatible.open(signed(), text_xml("o1", "forged").encode(), NOW)
+    assert refused.value.status == 400
+    genuine = text_xml("o1", "genuine")
+    ciphertext = wechat_encrypt(genuine, AES_KEY)
+    body = text_xml("o1", "forged").replace("</xml>", f"<Encrypt>{ciphertext}</Encrypt></xml>")
+    assert compatible.open(signed(ciphertext), body.encode(), NOW).xml == genuine
+
+
+def test_the_binding_is_the_xml_acted_on() -> None:
+    query, body = encrypted_body(text_xml("o1", "hi", "5"))
+    again = encrypted_body(text_xml("o1", "hi", "5"))[1]  # re-encrypted: other bytes
+    assert body != again
+    assert (
+        SAFE.open(query, body, NOW).binding
+        == SAFE.open(
+            {**query, "msg_signature": encrypted_body_signature(again)}, again, NOW
+        ).binding
+    )
+
+
+def encrypted_body_signature(body: bytes) -> str:
+    ciphertext = body.decode().split("<Encrypt>")[1].split("</Encrypt>")[0]
+    return sha1_signature(TOKEN, "1700000000", "n0nce", ciphertext)
+
+
+def test_a_push_for_another_account_is_refused() -> None:
+    SAFE.check_recipient(parse_push(text_xml("o1", "hi")))
+    other = text_xml("o1", "hi").replace(ACCOUNT, "gh_other")
+    with pytest.raises(PushRejected) as refused:
+        SAFE.check_recipient(parse_push(other))
+    assert refused.value.status == 403
+
+
+@pytest.mark.parametrize(
+    "xml",
+    [
+        text_xml("o1", "x", "9" * 21),
+        text_xml("o1", "x", str(2**64)),
+        text_xml("o1", "x", "١٢٣"),
+        event_xml("o1", "subscribe", create_time=10**10),
+        text_xml("o" * 65, "x"),
+        event_xml("o1", "CLICK", key="k" * 129),
+        image_xml("o1", "m" * 257, "http://x/p.jpg"),
+    ],
+)
+def test_ids_larger_than_wechat_sends_are_bad_requests(xml: str) -> None:
+    with pytest.raises(PushRejected) as refused:
+        parse_push(xml)
+    assert refused.value.status == 400
