@@ -91,6 +91,17 @@ class PushService:
             return web.Response(status=exc.status, text=exc.reason)
         return web.Response(text=echo)
 
+    async def _refuse_staff_in_plaintext(self, push: Push) -> None:
+        """A role granted to a WeChat user while this process runs in plaintext mode (where a
+        push's body is not signed) is not served: start refused it; this covers later grants."""
+        if self._security.mode != "plaintext":
+            return
+        async with self._uow_factory() as uow:
+            role = await uow.role_grants.role_of(f"{CHANNEL}:{push.openid}")
+        if role is not None:
+            log.error("a WeChat %s writes while pushes are in plaintext mode: refused", role.value)
+            raise PushRejected(403, "staff and admins are not served in plaintext mode")
+
     async def _admit(self, stamp: Stamp, binding: str) -> None:
         """PushRejected unless ``stamp`` is new or signed ``binding`` before (a retry).
         Without the replay store no request is acted on: 503, and WeChat tries again."""
@@ -117,6 +128,7 @@ class PushService:
             await self._admit(opened.stamp, opened.binding)
             push = parse_push(opened.xml)
             self._security.check_recipient(push)
+            await self._refuse_staff_in_plaintext(push)
         except PushRejected as exc:
             log.warning("WeChat push refused (%s): %s", exc.status, exc.reason)
             return web.Response(status=exc.status, text=exc.reason)

@@ -166,3 +166,9 @@ async def test_plaintext_mode_does_not_start_while_a_wechat_admin_or_staff_exist
         await uow.commit()
     with pytest.raises(ChannelConfigError, match="granted in chat"):
         await build_runner(bot.app, RunOptions())
+    # Granted while it runs (by an admin on Telegram): that user's pushes are refused.
+    refused = await bot.pusher("plaintext").push(
+        text_xml(VICTIM, f"/grant wechat:{STRANGER} admin")
+    )
+    assert refused.status == 403
+    assert await role_of(bot, f"wechat:{STRANGER}") is None
