@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from bot.app import App
+    from bot.http import HttpLimits, HttpServer
     from bot.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,17 @@ async def poll_unfinished(
         await asyncio.sleep(every)
 
 
+def http_limits(settings: Settings) -> HttpLimits:
+    """The HTTP server's deadlines and connection cap from the settings."""
+    from bot.http import HttpLimits
+
+    return HttpLimits(
+        header_seconds=settings.http_header_timeout_seconds,
+        body_seconds=settings.http_body_timeout_seconds,
+        max_connections=settings.http_max_connections,
+    )
+
+
 def runner_factory(channel: str) -> RunnerFactory:
     """The factory of a channel's runner: ``bot.<channel>.build_runner``."""
     if channel not in CHANNELS:
@@ -119,9 +131,8 @@ def runner_factory(channel: str) -> RunnerFactory:
 
 async def run(settings: Settings, channels: Sequence[str], options: RunOptions) -> int:
     """Serve ``channels`` until SIGINT/SIGTERM; returns the process exit code."""
-    from aiohttp import web
-
     from bot.app import build_app
+    from bot.http import HttpServer
     from bot.logs import configure_logging
 
     configure_logging(settings.log_level, settings.var_dir / "cardbot.log")
@@ -137,7 +148,7 @@ async def run(settings: Settings, channels: Sequence[str], options: RunOptions) 
             return 2
     app = await build_app(settings)
     runners: list[ChannelRunner] = []
-    site_runner: web.AppRunner | None = None
+    server: HttpServer | None = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -153,11 +164,8 @@ async def run(settings: Settings, channels: Sequence[str], options: RunOptions) 
                 return 2
         routes = [route for runner in runners for route in runner.routes()]
         if routes:
-            web_app = web.Application(client_max_size=1024 * 1024)
-            web_app.add_routes(routes)
-            site_runner = web.AppRunner(web_app, access_log=None)
-            await site_runner.setup()
-            await web.TCPSite(site_runner, options.host, options.port).start()
+            server = HttpServer(routes, http_limits(settings))
+            await server.start(options.host, options.port)
             log.info("serving HTTP on %s:%s", options.host, options.port)
         notifier = RoutingNotifier({r.channel: r.notifier for r in runners})
         tasks = [asyncio.create_task(r.serve(stop), name=f"serve-{r.channel}") for r in runners]
@@ -186,8 +194,8 @@ async def run(settings: Settings, channels: Sequence[str], options: RunOptions) 
         await asyncio.gather(*tasks, return_exceptions=True)
         return 1 if failed else 0
     finally:
-        if site_runner is not None:
-            await site_runner.cleanup()
+        if server is not None:
+            await server.close()
         for runner in runners:
             try:
                 await runner.aclose()

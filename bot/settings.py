@@ -91,6 +91,29 @@ class Settings(BaseSettings):
     )
     # --- end desk ---
     redis_url: str | None = _env("CARDBOT_REDIS_URL", "redis_url")
+    # --- HTTP edges (bot/http.py): the server of WeChat pushes and the Telegram webhook ---
+    # A connection must send a whole request head within this (slowloris), and its body
+    # within the next; beyond this many open connections a new one gets 503.
+    http_header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        validation_alias=AliasChoices(
+            "CARDBOT_HTTP_HEADER_TIMEOUT_SECONDS", "http_header_timeout_seconds"
+        ),
+    )
+    http_body_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        validation_alias=AliasChoices(
+            "CARDBOT_HTTP_BODY_TIMEOUT_SECONDS", "http_body_timeout_seconds"
+        ),
+    )
+    http_max_connections: int = Field(
+        256,
+        ge=1,
+        validation_alias=AliasChoices("CARDBOT_HTTP_MAX_CONNECTIONS", "http_max_connections"),
+    )
+    # --- end HTTP edges ---
     log_level: str = Field("INFO", validation_alias=AliasChoices("CARDBOT_LOG_LEVEL", "log_level"))
 
     telegram_bot_token: SecretStr | None = _env("TELEGRAM_BOT_TOKEN", "telegram_bot_token")
@@ -104,6 +127,9 @@ class Settings(BaseSettings):
     wechat_token: SecretStr | None = _env("WECHAT_TOKEN", "wechat_token")
     wechat_app_id: str | None = _env("WECHAT_APP_ID", "wechat_app_id")
     wechat_app_secret: SecretStr | None = _env("WECHAT_APP_SECRET", "wechat_app_secret")
+    # The official account's original id (原始ID, gh_…, under 设置与开发 → 基本配置 /
+    # 公众号设置 → 注册信息): a push addressed (ToUserName) to any other account is refused.
+    wechat_account_id: str | None = _env("WECHAT_ACCOUNT_ID", "wechat_account_id")
     wechat_aes_key: SecretStr | None = _env("WECHAT_AES_KEY", "wechat_aes_key")
     wechat_api_base: str = Field(
         "https://api.weixin.qq.com",

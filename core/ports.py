@@ -665,12 +665,26 @@ class WeChatTokenRepository(Protocol):
         ...
 
 
+class WeChatPushStampRepository(Protocol):
+    """The (timestamp, nonce) pairs that signed WeChat's requests, within the replay window."""
+
+    async def admit(self, timestamp: int, nonce: str, binding: str, expires_at: datetime) -> bool:
+        """Record the pair bound to ``binding``; True if it is new or was bound to the same
+        ``binding`` before (a retry), False if it signed something else (a replay)."""
+        ...
+
+    async def prune(self, before: datetime) -> int:
+        """Forget pairs that expired before ``before``; how many were forgotten."""
+        ...
+
+
 class WeChatUnitOfWork(UnitOfWork, Protocol):
     """A unit of work that also reaches the WeChat channel's tables."""
 
     wechat_outbox: WeChatOutboxRepository
     wechat_contacts: WeChatContactRepository
     wechat_tokens: WeChatTokenRepository
+    wechat_push_stamps: WeChatPushStampRepository
 
 
 class WeChatUnitOfWorkFactory(Protocol):

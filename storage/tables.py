@@ -419,6 +419,20 @@ class WeChatAccessTokenRow(Base):
     fetched_at: Mapped[datetime]
 
 
+class WeChatPushStampRow(Base):
+    """A (timestamp, nonce) pair that signed a request from WeChat, bound to what it signed
+    (``binding``: a hash of the push's XML, or of the handshake's echostr), kept until its
+    timestamp leaves the accepted window (``expires_at``): the pair authenticates that again
+    (WeChat's retries) and nothing else (bot/wechat/replay.py)."""
+
+    __tablename__ = "wechat_push_stamps"
+
+    timestamp: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    binding: Mapped[str] = mapped_column(String(80))
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
 # --------------------------------------------------------------------------------------------
 # Batch sale: many cards sold together, each its own order (orders.batch_id).
 

@@ -27,6 +27,7 @@ from core.ports import (
     UserRepository,
     WeChatContactRepository,
     WeChatOutboxRepository,
+    WeChatPushStampRepository,
     WeChatTokenRepository,
 )
 from storage.desk import (
@@ -55,6 +56,7 @@ from storage.repositories import (
     SqlAlchemyWeChatOutboxRepository,
     SqlAlchemyWeChatTokenRepository,
 )
+from storage.wechat_stamps import SqlAlchemyWeChatPushStampRepository
 
 
 class SqlAlchemyUnitOfWork:
@@ -80,6 +82,7 @@ class SqlAlchemyUnitOfWork:
     wechat_outbox: WeChatOutboxRepository
     wechat_contacts: WeChatContactRepository
     wechat_tokens: WeChatTokenRepository
+    wechat_push_stamps: WeChatPushStampRepository
     broadcasts: SqlAlchemyBroadcastRepository
     subscriptions: SqlAlchemySubscriptionRepository
     batches: BatchRepository
@@ -111,6 +114,7 @@ class SqlAlchemyUnitOfWork:
         self.wechat_outbox = SqlAlchemyWeChatOutboxRepository(session)
         self.wechat_contacts = SqlAlchemyWeChatContactRepository(session)
         self.wechat_tokens = SqlAlchemyWeChatTokenRepository(session)
+        self.wechat_push_stamps = SqlAlchemyWeChatPushStampRepository(session)
         self.broadcasts = SqlAlchemyBroadcastRepository(session)
         self.subscriptions = SqlAlchemySubscriptionRepository(session)
         self.batches = SqlAlchemyBatchRepository(session)

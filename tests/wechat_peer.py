@@ -302,14 +302,21 @@ class WeChatPusher:
         url: str,
         mode: str = "safe",
         aes_key: str = AES_KEY,
+        now: Callable[[], float] = time.time,
     ) -> None:
         self.session = session
         self.url = url
         self.mode = mode
         self.aes_key = aes_key
+        self.now = now  # WeChat's clock (Unix seconds): the bot's injected clock in-process
 
-    def signed_query(self, body_xml: str) -> tuple[dict[str, str], str]:
-        timestamp, nonce = str(int(time.time())), secrets.token_hex(5)
+    def signed_query(
+        self, body_xml: str, timestamp: str | None = None, nonce: str | None = None
+    ) -> tuple[dict[str, str], str]:
+        """The query string and body of a push as WeChat signs it (a fresh stamp unless
+        ``timestamp``/``nonce`` are given)."""
+        timestamp = timestamp or str(int(self.now()))
+        nonce = nonce or secrets.token_hex(5)
         query = {
             "signature": sha1_signature(TOKEN, timestamp, nonce),
             "timestamp": timestamp,
@@ -386,6 +393,7 @@ def bot_env(tmp_path: Path, database_url: str, api_base: str, **extra: str) -> d
             "WECHAT_TOKEN": TOKEN,
             "WECHAT_APP_ID": APP_ID,
             "WECHAT_APP_SECRET": APP_SECRET,
+            "WECHAT_ACCOUNT_ID": ACCOUNT,
             "WECHAT_AES_KEY": AES_KEY,
             "WECHAT_API_BASE": api_base,
         }

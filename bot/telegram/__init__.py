@@ -42,6 +42,7 @@ from pydantic import ValidationError
 
 from bot.runtime import ChannelConfigError
 from bot.telegram.adapter import TelegramAdapter
+from bot.telegram.inbound import out_of_bounds
 from bot.telegram.limiter import CallKind, FlowControl
 from bot.telegram.outbound import TelegramNotifier, TelegramSender
 from bot.telegram.roles import Roles
@@ -132,8 +133,14 @@ class TelegramRunner:
             return web.Response(status=401, text="unauthorized")
         try:
             update = Update.model_validate(await request.json(), context={"bot": self.bot})
-        except ValueError:  # not JSON, or not an update (pydantic's ValidationError included)
+        except (ValueError, RecursionError):
+            # Not JSON (RecursionError: nested deeper than the parser goes), or not an update
+            # (pydantic's ValidationError is a ValueError).
             return web.Response(status=400, text="not a Telegram update")
+        too_big = out_of_bounds(update)
+        if too_big is not None:
+            log.warning("telegram update %s refused: %s out of bounds", update.update_id, too_big)
+            return web.Response(status=400, text=f"not a Telegram update ({too_big})")
         try:
             await self.adapter.handle_update(update)
         except Exception:
@@ -181,9 +188,17 @@ class TelegramRunner:
         updates: list[Update] = []
         for item in raw:
             try:
-                updates.append(Update.model_validate(item, context={"bot": self.bot}))
-            except ValidationError:
+                update = Update.model_validate(item, context={"bot": self.bot})
+            except (ValidationError, RecursionError):
                 log.warning("telegram update %s is malformed; skipped", item.get("update_id"))
+                continue
+            too_big = out_of_bounds(update)
+            if too_big is not None:
+                log.warning(
+                    "telegram update %s: %s out of bounds; skipped", update.update_id, too_big
+                )
+                continue
+            updates.append(update)
         await self.adapter.handle_batch(updates)
 
     # -- Setting up ---------------------------------------------------------------------------

@@ -232,6 +232,12 @@ class TelegramAdapter:
             await self.sender.answer_callback(query.id)
             return
         user, chat_id = query.from_user, message.chat.id
+        if chat_id != user.id:
+            # In a private chat with the bot the chat is the user: a press on a message in
+            # someone else's chat is forged. Its replies would go there and strip that keyboard.
+            log.warning("telegram callback %s on a message in another chat refused", query.id)
+            await self.sender.answer_callback(query.id)
+            return
         t = Translator(resolve_language(user.language_code))
         option = decode_option(query.data, await self._options_on_screen(str(user.id), query.data))
         inbound = Inbound(

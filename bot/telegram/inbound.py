@@ -23,7 +23,7 @@ import hashlib
 from collections.abc import Sequence
 from pathlib import PurePosixPath
 
-from aiogram.types import Document, PhotoSize
+from aiogram.types import Document, PhotoSize, Update
 
 MAX_DOWNLOAD_BYTES = 20 * 1024 * 1024  # the Bot API's getFile limit
 MAX_CALLBACK_BYTES = 64
@@ -34,9 +34,59 @@ LIST_MIME_TYPES = frozenset(
     {"text/csv", "text/plain", "application/csv", "text/comma-separated-values"}
 )
 MAX_LIST_BYTES = 64 * 1024
+# Bounds on what an update may carry before anything is stored (issue 12, item 5). Telegram's
+# user and chat ids have at most 52 significant bits; message and update ids are smaller.
+MAX_ID = 2**53 - 1
+MAX_QUERY_ID_CHARS = 64  # callback query ids are ~19 digits
+MAX_FILE_ID_CHARS = 256
+MAX_FILE_NAME_CHARS = 255
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif"}
 )
+
+
+def out_of_bounds(update: Update) -> str | None:
+    """What in ``update`` is bigger than anything Telegram sends (an id past 53 bits, an
+    over-long callback id or data, file id or file name), or None when it is within bounds."""
+    ids: list[tuple[str, int | None]] = [("update_id", update.update_id)]
+    texts: list[tuple[str, str | None, int]] = []
+    for name, message in (("message", update.message), ("edited_message", update.edited_message)):
+        if message is None:
+            continue
+        ids += [(f"{name}.message_id", message.message_id), (f"{name}.chat.id", message.chat.id)]
+        if message.from_user is not None:
+            ids.append((f"{name}.from.id", message.from_user.id))
+        for size in message.photo or ():
+            texts.append((f"{name}.photo.file_id", size.file_id, MAX_FILE_ID_CHARS))
+        if message.document is not None:
+            texts.append((f"{name}.document.file_id", message.document.file_id, MAX_FILE_ID_CHARS))
+            texts.append(
+                (f"{name}.document.file_name", message.document.file_name, MAX_FILE_NAME_CHARS)
+            )
+    query = update.callback_query
+    if query is not None:
+        ids.append(("callback_query.from.id", query.from_user.id))
+        texts.append(("callback_query.id", query.id, MAX_QUERY_ID_CHARS))
+        if query.data is not None and len(query.data.encode()) > MAX_CALLBACK_BYTES:
+            return "callback_query.data"
+        if query.message is not None:
+            ids += [
+                ("callback_query.message.message_id", query.message.message_id),
+                ("callback_query.message.chat.id", query.message.chat.id),
+            ]
+    member = update.my_chat_member
+    if member is not None:
+        ids += [
+            ("my_chat_member.chat.id", member.chat.id),
+            ("my_chat_member.from.id", member.from_user.id),
+        ]
+    for name, value in ids:
+        if value is not None and not -MAX_ID <= value <= MAX_ID:
+            return name
+    for name, text, limit in texts:
+        if text is not None and len(text) > limit:
+            return name
+    return None
 
 
 def message_key(chat_id: int, message_id: int) -> str:

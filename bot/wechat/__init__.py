@@ -5,7 +5,8 @@ Modules: ``protocol`` (signatures, AES, push XML → :class:`~bot.wechat.protoco
 replies → numbered-menu texts split under WeChat's size limit), ``api`` (stable access token,
 customer-service and template messages, media download — aiohttp, every URL under
 ``WECHAT_API_BASE``), ``delivery`` (the durable outbox and the customer-service quota),
-``service`` (the ``/wechat`` handlers).
+``replay`` (the (timestamp, nonce) memory, database or Redis), ``service`` (the ``/wechat``
+handlers).
 
 Exactly one answer per message — the design
 -------------------------------------------
@@ -43,6 +44,16 @@ message. So:
    message WeChat always lets through; what does not fit in one message follows by customer
    service, now that the user's message reopened the window.
 
+Who may push
+------------
+
+A push is acted on only when its signature checks, its timestamp is within five minutes of now
+and its (timestamp, nonce) pair has not signed anything else (``replay``: the pair is bound to
+the push's XML, so WeChat's retries above still reach the handling in hand); in safe and
+compatible mode only the encrypted copy is read; ``ToUserName`` must be ``WECHAT_ACCOUNT_ID``.
+Plaintext mode authenticates nothing but the URL, so it does not start while any ``wechat:``
+staff or admin exists.
+
 Known limit: if the passive reply itself is lost on the network after it was sent, WeChat
 retries and gets ``success`` — cardbot prefers a lost duplicate to a double answer.
 """
@@ -59,6 +70,7 @@ from bot.runtime import ChannelConfigError, RunOptions
 from bot.wechat.api import DatabaseTokenStore, RedisTokenStore, TokenStore, WeChatApi
 from bot.wechat.delivery import Outbox, WeChatNotifier
 from bot.wechat.protocol import Mode, PushSecurity
+from bot.wechat.replay import DatabaseReplayStore, RedisReplayStore, ReplayStore
 from bot.wechat.service import PushService
 
 if TYPE_CHECKING:
@@ -84,12 +96,14 @@ def push_security(settings: Settings) -> PushSecurity:
             ("WECHAT_TOKEN", settings.wechat_token),
             ("WECHAT_APP_ID", settings.wechat_app_id),
             ("WECHAT_APP_SECRET", settings.wechat_app_secret),
+            ("WECHAT_ACCOUNT_ID", settings.wechat_account_id),
         )
         if not value
     ]
     if missing:
         raise ChannelConfigError(f"missing settings: {', '.join(missing)}")
     assert settings.wechat_token is not None and settings.wechat_app_id is not None
+    assert settings.wechat_account_id is not None
     current = settings.wechat_aes_key.get_secret_value() if settings.wechat_aes_key else None
     previous = (
         settings.wechat_aes_key_previous.get_secret_value()
@@ -102,7 +116,11 @@ def push_security(settings: Settings) -> PushSecurity:
     keys = [k for k in (current, previous) if k] if mode != "plaintext" else []
     try:
         return PushSecurity(
-            settings.wechat_token.get_secret_value(), settings.wechat_app_id, mode, keys
+            settings.wechat_token.get_secret_value(),
+            settings.wechat_app_id,
+            mode,
+            keys,
+            account_id=settings.wechat_account_id.strip(),
         )
     except ValueError as exc:
         raise ChannelConfigError(f"WECHAT_AES_KEY/WECHAT_AES_KEY_PREVIOUS: {exc}") from exc
@@ -110,7 +128,35 @@ def push_security(settings: Settings) -> PushSecurity:
 
 def check_settings(settings: Settings) -> None:
     """Called by ``cardbot run`` before it builds anything: ChannelConfigError if unusable."""
-    push_security(settings)
+    security = push_security(settings)
+    if security.mode == "plaintext":
+        _refuse_plaintext_with(configured_wechat_roles(settings), "CARDBOT_STAFF/CARDBOT_ADMINS")
+
+
+def configured_wechat_roles(settings: Settings) -> list[str]:
+    """The ``wechat:`` entries of CARDBOT_STAFF and CARDBOT_ADMINS."""
+    entries = f"{settings.staff},{settings.admins}".split(",")
+    return sorted({e.strip() for e in entries if e.strip().startswith("wechat:")})
+
+
+def _refuse_plaintext_with(actors: Sequence[str], where: str) -> None:
+    """In plaintext mode nothing in a push is signed but the query string: a staff or admin
+    role on WeChat would rest on it. Refuse to start instead."""
+    if actors:
+        raise ChannelConfigError(
+            f"plaintext mode cannot authenticate WeChat staff or admins ({len(actors)} in "
+            f"{where}, e.g. {actors[0]}): set WECHAT_MODE=safe and WECHAT_AES_KEY"
+        )
+
+
+async def _check_granted_roles(app: App, security: PushSecurity) -> None:
+    """Roles granted in chat (stored) count like configured ones for plaintext mode."""
+    if security.mode != "plaintext":
+        return
+    async with app.uow_factory() as uow:
+        holders = await uow.role_grants.holders()
+    granted = sorted(actor for actor, _ in holders if actor.startswith("wechat:"))
+    _refuse_plaintext_with(granted, "roles granted in chat")
 
 
 class WeChatRunner:
@@ -124,12 +170,14 @@ class WeChatRunner:
         outbox: Outbox,
         session: aiohttp.ClientSession,
         store: TokenStore,
+        replays: ReplayStore | None = None,
     ) -> None:
         self.service = service
         self.outbox = outbox
         self.notifier = WeChatNotifier(outbox)
         self._session = session
         self._store = store
+        self._replays = replays
 
     def routes(self) -> Sequence[web.RouteDef]:
         return self.service.routes()
@@ -143,20 +191,26 @@ class WeChatRunner:
     async def aclose(self) -> None:
         await self._session.close()
         await self._store.aclose()
+        if self._replays is not None:
+            await self._replays.aclose()
 
 
 async def build_runner(app: App, options: RunOptions) -> WeChatRunner:
     """The WeChat runner for ``cardbot run wechat``, from the app's settings."""
     settings = app.settings
     security = push_security(settings)
+    await _check_granted_roles(app, security)
     assert settings.wechat_app_id is not None and settings.wechat_app_secret is not None
     clock = app.services.sale.clock
     vault = app.services.sale.vault
     store: TokenStore
+    replays: ReplayStore
     if settings.redis_url:
         store = RedisTokenStore(settings.redis_url, vault, settings.wechat_app_id, clock)
+        replays = RedisReplayStore(settings.redis_url, settings.wechat_app_id, clock)
     else:
         store = DatabaseTokenStore(app.uow_factory, vault, settings.wechat_app_id)
+        replays = DatabaseReplayStore(app.uow_factory, clock)
     session = aiohttp.ClientSession()
     api = WeChatApi(
         session,
@@ -182,6 +236,7 @@ async def build_runner(app: App, options: RunOptions) -> WeChatRunner:
         outbox,
         clock,
         deadline=settings.wechat_reply_deadline_seconds,
+        replays=replays,
     )
     log.info(
         "WeChat: %s mode, pushes at http://%s:%s/wechat, API %s",
@@ -190,4 +245,4 @@ async def build_runner(app: App, options: RunOptions) -> WeChatRunner:
         options.port,
         api.base,
     )
-    return WeChatRunner(service, outbox, session, store)
+    return WeChatRunner(service, outbox, session, store, replays)

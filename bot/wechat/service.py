@@ -19,10 +19,13 @@ from bot.wechat.protocol import (
     Push,
     PushRejected,
     PushSecurity,
+    Stamp,
+    handshake_binding,
     parse_push,
     render_texts,
     text_reply_xml,
 )
+from bot.wechat.replay import DatabaseReplayStore, ReplayStore
 from core.messages import Channel, Inbound, Reply
 from core.ports import Clock, WeChatUnitOfWorkFactory
 from handlers.engine import Conversation
@@ -59,8 +62,10 @@ class PushService:
         outbox: Outbox,
         clock: Clock,
         deadline: float = 4.0,
+        replays: ReplayStore | None = None,
     ) -> None:
         self._security = security
+        self._replays = replays or DatabaseReplayStore(uow_factory, clock)
         self._conversation = conversation
         self._uow_factory = uow_factory
         self._api = api
@@ -76,13 +81,37 @@ class PushService:
     # -- HTTP --------------------------------------------------------------------------------
 
     async def handshake(self, request: web.Request) -> web.Response:
-        """WeChat checks the server URL: echo ``echostr`` when the signature is right."""
+        """WeChat checks the server URL: echo ``echostr`` when the signature is right, the
+        timestamp recent and the stamp not used for anything else."""
         try:
-            echo = self._security.handshake(request.query)
+            echo, stamp = self._security.handshake(request.query, self._clock.now())
+            await self._admit(stamp, handshake_binding(echo))
         except PushRejected as exc:
             log.warning("WeChat handshake refused: %s", exc.reason)
             return web.Response(status=exc.status, text=exc.reason)
         return web.Response(text=echo)
+
+    async def _refuse_staff_in_plaintext(self, push: Push) -> None:
+        """A role granted to a WeChat user while this process runs in plaintext mode (where a
+        push's body is not signed) is not served: start refused it; this covers later grants."""
+        if self._security.mode != "plaintext":
+            return
+        async with self._uow_factory() as uow:
+            role = await uow.role_grants.role_of(f"{CHANNEL}:{push.openid}")
+        if role is not None:
+            log.error("a WeChat %s writes while pushes are in plaintext mode: refused", role.value)
+            raise PushRejected(403, "staff and admins are not served in plaintext mode")
+
+    async def _admit(self, stamp: Stamp, binding: str) -> None:
+        """PushRejected unless ``stamp`` is new or signed ``binding`` before (a retry).
+        Without the replay store no request is acted on: 503, and WeChat tries again."""
+        try:
+            admitted = await self._replays.admit(stamp, binding, self._security.expires_at(stamp))
+        except Exception as exc:
+            log.error("the WeChat replay store failed: %s", type(exc).__name__, exc_info=True)
+            raise PushRejected(503, "cannot check the request for replay now") from exc
+        if not admitted:
+            raise PushRejected(403, "timestamp and nonce already used for another request")
 
     async def push(self, request: web.Request) -> web.Response:
         """One push: answered passively within the deadline, else ``success`` (the answer then
@@ -90,14 +119,16 @@ class PushService:
         started = time.monotonic()
         if request.content_length is not None and request.content_length > MAX_PUSH_BYTES:
             return web.Response(status=413, text="push too large")
-        body = b""
-        while chunk := await request.content.read(MAX_PUSH_BYTES + 1 - len(body)):
-            body += chunk
-            if len(body) > MAX_PUSH_BYTES:  # chunked, without a length: stop reading
-                return web.Response(status=413, text="push too large")
+        # Read by the server within its body deadline and size limit (bot/http.py).
+        body = await request.read()
+        if len(body) > MAX_PUSH_BYTES:  # chunked, without a length
+            return web.Response(status=413, text="push too large")
         try:
-            xml, encrypted = self._security.open(request.query, body)
-            push = parse_push(xml)
+            opened = self._security.open(request.query, body, self._clock.now())
+            await self._admit(opened.stamp, opened.binding)
+            push = parse_push(opened.xml)
+            self._security.check_recipient(push)
+            await self._refuse_staff_in_plaintext(push)
         except PushRejected as exc:
             log.warning("WeChat push refused (%s): %s", exc.status, exc.reason)
             return web.Response(status=exc.status, text=exc.reason)
@@ -110,10 +141,10 @@ class PushService:
         if len(texts) > 1:
             await self._outbox.enqueue(push.openid, "reply", texts[1:], delay=OVERFLOW_DELAY)
         reply = self._security.seal(
-            text_reply_xml(push, texts[0]),
-            encrypted,
-            nonce=request.query.get("nonce", ""),
-            timestamp=str(int(time.time())),
+            text_reply_xml(push, texts[0], now=self._clock.now().timestamp()),
+            opened.encrypted,
+            nonce=opened.stamp.nonce,
+            timestamp=str(int(self._clock.now().timestamp())),
         )
         return web.Response(text=reply, content_type="text/xml", charset="utf-8")
 

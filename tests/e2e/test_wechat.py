@@ -473,6 +473,11 @@ async def test_two_processes_share_one_token_and_never_act_twice(world: World) -
         ({"WECHAT_APP_SECRET": "", "WECHAT_APP_ID": ""}, "WECHAT_APP_ID, WECHAT_APP_SECRET"),
         ({"WECHAT_MODE": "safe", "WECHAT_AES_KEY": ""}, "WECHAT_AES_KEY"),
         ({"WECHAT_AES_KEY": "not-a-key"}, "EncodingAESKey"),
+        ({"WECHAT_ACCOUNT_ID": ""}, "WECHAT_ACCOUNT_ID"),
+        (
+            {"WECHAT_MODE": "plaintext", "WECHAT_AES_KEY": "", "CARDBOT_ADMINS": "wechat:oAdm"},
+            "plaintext mode cannot authenticate WeChat staff or admins",
+        ),
     ],
 )
 async def test_missing_or_bad_settings_stop_with_a_clear_message(

@@ -22,6 +22,7 @@ from bot.wechat.protocol import (
 from core.messages import Option, Reply
 from core.ports import ContactWindow
 from tests.wechat_peer import (
+    ACCOUNT,
     AES_KEY,
     AES_KEY_OLD,
     APP_ID,
@@ -34,7 +35,8 @@ from tests.wechat_peer import (
     wechat_encrypt,
 )
 
-SAFE = PushSecurity(TOKEN, APP_ID, "safe", [AES_KEY, AES_KEY_OLD])
+SAFE = PushSecurity(TOKEN, APP_ID, "safe", [AES_KEY, AES_KEY_OLD], account_id=ACCOUNT)
+NOW = datetime.fromtimestamp(1700000000, UTC)  # the time the pushes below were signed
 
 
 def signed(ciphertext: str | None = None) -> dict[str, str]:
@@ -54,9 +56,10 @@ def encrypted_body(xml: str, key: str = AES_KEY) -> tuple[dict[str, str], bytes]
 
 
 def test_the_handshake_echoes_echostr_only_with_the_right_signature() -> None:
-    assert SAFE.handshake({**signed(), "echostr": "hello"}) == "hello"
+    echo, stamp = SAFE.handshake({**signed(), "echostr": "hello"}, NOW)
+    assert (echo, stamp.timestamp, stamp.nonce) == ("hello", 1700000000, "n0nce")
     with pytest.raises(PushRejected) as refused:
-        SAFE.handshake({**signed(), "signature": "f" * 40, "echostr": "hello"})
+        SAFE.handshake({**signed(), "signature": "f" * 40, "echostr": "hello"}, NOW)
     assert refused.value.status == 403
 
 
@@ -64,31 +67,33 @@ def test_a_push_encrypted_as_wechat_does_opens_with_the_current_or_previous_key(
     xml = text_xml("o1", "你好")
     for key in (AES_KEY, AES_KEY_OLD):
         query, body = encrypted_body(xml, key)
-        assert SAFE.open(query, body) == (xml, True)
+        opened = SAFE.open(query, body, NOW)
+        assert (opened.xml, opened.encrypted) == (xml, True)
 
 
 def test_msg_signature_not_signature_authenticates_an_encrypted_push() -> None:
     query, body = encrypted_body(text_xml("o1", "hi"))
     with pytest.raises(PushRejected) as refused:
-        SAFE.open({**query, "msg_signature": query["signature"]}, body)
+        SAFE.open({**query, "msg_signature": query["signature"]}, body, NOW)
     assert refused.value.status == 403
 
 
 def test_a_ciphertext_under_an_unknown_key_is_a_bad_request() -> None:
     query, body = encrypted_body(text_xml("o1", "hi"), key="B" * 43)
     with pytest.raises(PushRejected) as refused:
-        SAFE.open(query, body)
+        SAFE.open(query, body, NOW)
     assert refused.value.status == 400
 
 
 def test_safe_mode_refuses_plaintext_and_plaintext_mode_refuses_ciphertext() -> None:
     with pytest.raises(PushRejected):
-        SAFE.open(signed(), text_xml("o1", "hi").encode())
-    plain = PushSecurity(TOKEN, APP_ID, "plaintext")
+        SAFE.open(signed(), text_xml("o1", "hi").encode(), NOW)
+    plain = PushSecurity(TOKEN, APP_ID, "plaintext", account_id=ACCOUNT)
     query, body = encrypted_body(text_xml("o1", "hi"))
     with pytest.raises(PushRejected):
-        plain.open(query, body)
-    assert plain.open(signed(), b"<xml/>") == ("<xml/>", False)
+        plain.open(query, body, NOW)
+    opened = plain.open(signed(), b"<xml/>", NOW)
+    assert (opened.xml, opened.encrypted) == ("<xml/>", False)
 
 
 def test_the_passive_reply_is_encrypted_with_the_current_key_for_the_app() -> None:
@@ -104,9 +109,9 @@ def test_the_passive_reply_is_encrypted_with_the_current_key_for_the_app() -> No
 
 def test_a_bad_encoding_aes_key_is_refused_at_start() -> None:
     with pytest.raises(ValueError):
-        PushSecurity(TOKEN, APP_ID, "safe", ["too-short"])
+        PushSecurity(TOKEN, APP_ID, "safe", ["too-short"], account_id=ACCOUNT)
     with pytest.raises(ValueError):
-        PushSecurity(TOKEN, APP_ID, "compatible", [])
+        PushSecurity(TOKEN, APP_ID, "compatible", [], account_id=ACCOUNT)
 
 
 def test_pushes_are_read_with_their_dedupe_ids() -> None:
@@ -184,3 +189,73 @@ def test_the_customer_service_quota_is_five_in_48_hours_or_three_in_a_minute() -
     assert open_window(clicked, T0 + timedelta(seconds=59)) == "event"
     assert open_window(clicked, T0 + timedelta(seconds=61)) is None
     assert backoff(1) == timedelta(seconds=2) and backoff(30) == timedelta(seconds=60)
+
+
+def test_only_a_recent_well_formed_stamp_is_accepted() -> None:
+    query = signed()
+    assert SAFE.handshake(query, NOW + timedelta(seconds=300))[1].timestamp == 1700000000
+    for late in (timedelta(seconds=301), timedelta(seconds=-301), timedelta(days=365)):
+        with pytest.raises(PushRejected) as refused:
+            SAFE.handshake(query, NOW + late)
+        assert refused.value.status == 403
+    for timestamp, nonce in (("１７", "n"), ("1" * 13, "n"), ("1700000000", "n" * 65), ("1", "")):
+        forged = {"timestamp": timestamp, "nonce": nonce}
+        forged["signature"] = sha1_signature(TOKEN, timestamp, nonce)
+        with pytest.raises(PushRejected):
+            SAFE.handshake(forged, NOW)
+    stamp = SAFE.handshake(query, NOW)[1]
+    assert SAFE.expires_at(stamp) == NOW + timedelta(seconds=300)
+
+
+def test_compatible_mode_acts_only_on_the_encrypted_copy() -> None:
+    compatible = PushSecurity(TOKEN, APP_ID, "compatible", [AES_KEY], account_id=ACCOUNT)
+    with pytest.raises(PushRejected) as refused:
+        compatible.open(signed(), text_xml("o1", "forged").encode(), NOW)
+    assert refused.value.status == 400
+    genuine = text_xml("o1", "genuine")
+    ciphertext = wechat_encrypt(genuine, AES_KEY)
+    body = text_xml("o1", "forged").replace("</xml>", f"<Encrypt>{ciphertext}</Encrypt></xml>")
+    assert compatible.open(signed(ciphertext), body.encode(), NOW).xml == genuine
+
+
+def test_the_binding_is_the_xml_acted_on() -> None:
+    query, body = encrypted_body(text_xml("o1", "hi", "5"))
+    again = encrypted_body(text_xml("o1", "hi", "5"))[1]  # re-encrypted: other bytes
+    assert body != again
+    assert (
+        SAFE.open(query, body, NOW).binding
+        == SAFE.open(
+            {**query, "msg_signature": encrypted_body_signature(again)}, again, NOW
+        ).binding
+    )
+
+
+def encrypted_body_signature(body: bytes) -> str:
+    ciphertext = body.decode().split("<Encrypt>")[1].split("</Encrypt>")[0]
+    return sha1_signature(TOKEN, "1700000000", "n0nce", ciphertext)
+
+
+def test_a_push_for_another_account_is_refused() -> None:
+    SAFE.check_recipient(parse_push(text_xml("o1", "hi")))
+    other = text_xml("o1", "hi").replace(ACCOUNT, "gh_other")
+    with pytest.raises(PushRejected) as refused:
+        SAFE.check_recipient(parse_push(other))
+    assert refused.value.status == 403
+
+
+@pytest.mark.parametrize(
+    "xml",
+    [
+        text_xml("o1", "x", "9" * 21),
+        text_xml("o1", "x", str(2**64)),
+        text_xml("o1", "x", "١٢٣"),
+        event_xml("o1", "subscribe", create_time=10**10),
+        text_xml("o" * 65, "x"),
+        event_xml("o1", "CLICK", key="k" * 129),
+        image_xml("o1", "m" * 257, "http://x/p.jpg"),
+    ],
+)
+def test_ids_larger_than_wechat_sends_are_bad_requests(xml: str) -> None:
+    with pytest.raises(PushRejected) as refused:
+        parse_push(xml)
+    assert refused.value.status == 400

@@ -13,7 +13,7 @@ from bot.wechat.service import PushService
 from core.messages import Inbound, Reply
 from storage.db import SqlAlchemyUnitOfWorkFactory
 from tests.fakes import FakeClock
-from tests.wechat_peer import APP_ID, TOKEN, text_xml
+from tests.wechat_peer import ACCOUNT, APP_ID, TOKEN, text_xml
 
 pytestmark = pytest.mark.parametrize("uow_factory", ["sqlite"], indirect=True)
 
@@ -42,7 +42,7 @@ class RecordingOutbox:
 def service(uow_factory: SqlAlchemyUnitOfWorkFactory) -> tuple[PushService, Any, Any]:
     conversation, outbox = GatedConversation(), RecordingOutbox()
     push_service = PushService(
-        PushSecurity(TOKEN, APP_ID, "plaintext"),
+        PushSecurity(TOKEN, APP_ID, "plaintext", account_id=ACCOUNT),
         conversation,  # type: ignore[arg-type]
         uow_factory,
         api=None,  # type: ignore[arg-type]  # text pushes need no API
