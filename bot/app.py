@@ -19,9 +19,10 @@ from core.sale import SaleDeps, SettlementPolicy
 from handlers import broadcast as broadcast_commands
 from handlers.desk import Desk
 from handlers.engine import Conversation, Services
+from handlers.notify import OutcomeNotices
 from handlers.sell import sell_flow
 from storage.crypto import load_vault
-from storage.db import SqlAlchemyUnitOfWorkFactory, is_sqlite
+from storage.db import SqlAlchemyUnitOfWorkFactory, is_sqlite, is_transient
 from storage.migrate import upgrade_async
 from vision.reader import PyzbarCardReader
 
@@ -116,10 +117,12 @@ async def build_app(
             clock=clock,
             kyc=kyc or SandboxKycProvider(),
             settlement=SettlementPolicy(settings.settlement, settings.settlement_batch_hour),
+            listener=OutcomeNotices(),
         ),
         reader=reader or _warmed_reader(),
         uow_factory=uow_factory,
         desk=settings.desk_policy,
+        transient=is_transient,
     )
     desk = Desk(
         admin_commands=broadcast_commands.ADMIN_COMMANDS,

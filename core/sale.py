@@ -10,6 +10,8 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
+from uuid import uuid4
 
 from core import ledger, masking
 from core.catalog import Catalog, normalize_card_number
@@ -138,6 +140,14 @@ class SettlementPolicy:
         return local.astimezone(UTC)
 
 
+class SettlementListener(Protocol):
+    """Told, inside the very transaction that moves an order to an outcome the person must hear
+    about (settled, payout failed, card refused at redemption), so that what they are told is
+    written with its cause (the outbox) and only by the process that made the change."""
+
+    async def order_changed(self, uow: UnitOfWork, deps: SaleDeps, order: Order) -> None: ...
+
+
 @dataclass(frozen=True)
 class SaleDeps:
     """Everything the sale needs from outside, passed explicitly."""
@@ -151,6 +161,7 @@ class SaleDeps:
     clock: Clock
     kyc: KycProvider | None = None  # the real-name service for identity level 2
     settlement: SettlementPolicy = SettlementPolicy()
+    listener: SettlementListener | None = None
 
 
 @dataclass(frozen=True)
@@ -799,7 +810,8 @@ async def _redeem_and_reserve(
             return
         except (CardUnusable, CardNotFound, WrongSecret) as refusal:
             now = deps.clock.now()
-            await uow.orders.update(transition(order, OrderStatus.CANCELLED, now))
+            cancelled = transition(order, OrderStatus.CANCELLED, now)
+            await uow.orders.update(cancelled)
             await uow.audit.append(
                 now,
                 "settlement",
@@ -807,6 +819,7 @@ async def _redeem_and_reserve(
                 f"order:{order_id}",
                 {"reason": refusal.key, "card": order.card_masked},
             )
+            await _tell(uow, deps, cancelled)
             await uow.commit()
             return
         now = deps.clock.now()
@@ -945,7 +958,8 @@ async def _record_payout_outcome(
             await uow.ledger.post(
                 build_txn(order_id, order.user_id, payout.method, payout.amount_fen, now)
             )
-            await uow.orders.update(transition(order, order_status, now))
+            finished = transition(order, order_status, now)
+            await uow.orders.update(finished)
             await uow.audit.append(
                 now,
                 "settlement",
@@ -958,14 +972,54 @@ async def _record_payout_outcome(
                     "amount_fen": payout.amount_fen,
                 },
             )
+            await _tell(uow, deps, finished)
         await uow.commit()
+
+
+async def _tell(uow: UnitOfWork, deps: SaleDeps, order: Order) -> None:
+    """The person hears about the outcome in the transaction that made it."""
+    if deps.listener is not None:
+        await deps.listener.order_changed(uow, deps, order)
+
+
+# How long a settlement holds its order: far longer than a provider call may take (the
+# gateways time out well within it); after a crash, another process resumes once it has passed.
+SETTLE_LEASE = timedelta(minutes=5)
+
+
+async def _claim(
+    uow_factory: UnitOfWorkFactory, deps: SaleDeps, order_id: int, owner: str
+) -> bool:
+    async with uow_factory() as uow:
+        now = deps.clock.now()
+        taken = await uow.order_claims.claim(order_id, owner, now, now + SETTLE_LEASE)
+        await uow.commit()
+    return taken
+
+
+async def _release(uow_factory: UnitOfWorkFactory, order_id: int, owner: str) -> None:
+    try:
+        async with uow_factory() as uow:
+            await uow.order_claims.release(order_id, owner)
+            await uow.commit()
+    except Exception as exc:  # the lease runs out on its own
+        log.warning("could not release order %s: %s", order_id, type(exc).__name__)
 
 
 async def settle(uow_factory: UnitOfWorkFactory, deps: SaleDeps, order_id: int) -> Order:
     """Drive an approved order as far as it can go now: redeem, reserve, pay. Safe to repeat:
-    every step is idempotent and resumes from what is stored."""
-    await _redeem_and_reserve(uow_factory, deps, order_id)
-    await _send_payout(uow_factory, deps, order_id)
+    every step is idempotent and resumes from what is stored. The order is claimed first: while
+    someone else settles it (a live conversation, another process), this returns it as it
+    stands and asks the provider nothing."""
+    owner = uuid4().hex
+    if await _claim(uow_factory, deps, order_id, owner):
+        try:
+            await _redeem_and_reserve(uow_factory, deps, order_id)
+            await _send_payout(uow_factory, deps, order_id)
+        finally:
+            await _release(uow_factory, order_id, owner)
+    else:
+        log.info("order %s is being settled elsewhere; left alone", order_id)
     async with uow_factory() as uow:
         return await uow.orders.get(order_id)
 
@@ -974,23 +1028,31 @@ async def retry_failed_payout(
     uow_factory: UnitOfWorkFactory, deps: SaleDeps, order_id: int, account: PayoutAccount
 ) -> Order:
     """After a provider-confirmed failure, pay again to another account under a NEW reference."""
-    async with uow_factory() as uow:
-        order = await uow.orders.lock(order_id)
-        if order.status is not OrderStatus.PAYOUT_FAILED:
-            return order
-        previous = await uow.payouts.for_order(order_id)
-        attempt = int(previous.reference.rsplit("N", 1)[1]) + 1 if previous else 1
-        order = replace(order, payout_account_id=account.id)
-        await _start_payout(uow, deps, order, attempt)
-        await uow.commit()
-    await _send_payout(uow_factory, deps, order_id)
+    owner = uuid4().hex
+    if not await _claim(uow_factory, deps, order_id, owner):
+        async with uow_factory() as uow:
+            return await uow.orders.get(order_id)
+    try:
+        async with uow_factory() as uow:
+            order = await uow.orders.lock(order_id)
+            if order.status is not OrderStatus.PAYOUT_FAILED:
+                return order
+            previous = await uow.payouts.for_order(order_id)
+            attempt = int(previous.reference.rsplit("N", 1)[1]) + 1 if previous else 1
+            order = replace(order, payout_account_id=account.id)
+            await _start_payout(uow, deps, order, attempt)
+            await uow.commit()
+        await _send_payout(uow_factory, deps, order_id)
+    finally:
+        await _release(uow_factory, order_id, owner)
     async with uow_factory() as uow:
         return await uow.orders.get(order_id)
 
 
 async def resume_unfinished(uow_factory: UnitOfWorkFactory, deps: SaleDeps) -> list[Order]:
     """Finish what a crash or an unsure provider left: approved orders not yet redeemed, and
-    payouts pending, unknown or processing. Returns orders whose status changed."""
+    payouts pending, unknown or processing — those nobody is settling now (see :func:`settle`).
+    Returns orders whose status changed (the person was told in the same transaction)."""
     async with uow_factory() as uow:
         waiting = list(await uow.orders.with_status([OrderStatus.APPROVED, OrderStatus.PAYING]))
     changed: list[Order] = []

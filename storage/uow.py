@@ -15,8 +15,9 @@ from core.ports import (
     ConversationRepository,
     InboxRepository,
     LedgerRepository,
-    NoticeRepository,
+    OrderClaimRepository,
     OrderRepository,
+    OutboxRepository,
     PayoutAccountRepository,
     PayoutRepository,
     QuoteRepository,
@@ -26,14 +27,13 @@ from core.ports import (
     TicketRepository,
     UserRepository,
     WeChatContactRepository,
-    WeChatOutboxRepository,
     WeChatTokenRepository,
 )
 from storage.desk import (
-    SqlAlchemyNoticeRepository,
     SqlAlchemyRoleGrantRepository,
     SqlAlchemyTicketRepository,
 )
+from storage.outbox import SqlAlchemyOrderClaimRepository, SqlAlchemyOutboxRepository
 from storage.repositories import (
     SqlAlchemyAuditRepository,
     SqlAlchemyBatchRepository,
@@ -52,7 +52,6 @@ from storage.repositories import (
     SqlAlchemySubscriptionRepository,
     SqlAlchemyUserRepository,
     SqlAlchemyWeChatContactRepository,
-    SqlAlchemyWeChatOutboxRepository,
     SqlAlchemyWeChatTokenRepository,
 )
 
@@ -75,9 +74,9 @@ class SqlAlchemyUnitOfWork:
     risk_list: RiskListRepository
     rates: RateTableRepository
     tickets: TicketRepository
-    notices: NoticeRepository
+    outbox: OutboxRepository
+    order_claims: OrderClaimRepository
     role_grants: RoleGrantRepository
-    wechat_outbox: WeChatOutboxRepository
     wechat_contacts: WeChatContactRepository
     wechat_tokens: WeChatTokenRepository
     broadcasts: SqlAlchemyBroadcastRepository
@@ -106,9 +105,9 @@ class SqlAlchemyUnitOfWork:
         self.risk_list = SqlAlchemyRiskListRepository(session)
         self.rates = SqlAlchemyRateTableRepository(session)
         self.tickets = SqlAlchemyTicketRepository(session)
-        self.notices = SqlAlchemyNoticeRepository(session)
+        self.outbox = SqlAlchemyOutboxRepository(session)
+        self.order_claims = SqlAlchemyOrderClaimRepository(session)
         self.role_grants = SqlAlchemyRoleGrantRepository(session)
-        self.wechat_outbox = SqlAlchemyWeChatOutboxRepository(session)
         self.wechat_contacts = SqlAlchemyWeChatContactRepository(session)
         self.wechat_tokens = SqlAlchemyWeChatTokenRepository(session)
         self.broadcasts = SqlAlchemyBroadcastRepository(session)
