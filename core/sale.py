@@ -145,7 +145,12 @@ class SettlementListener(Protocol):
     about (settled, payout failed, card refused at redemption), so that what they are told is
     written with its cause (the outbox) and only by the process that made the change."""
 
-    async def order_changed(self, uow: UnitOfWork, deps: SaleDeps, order: Order) -> None: ...
+    async def order_changed(
+        self, uow: UnitOfWork, deps: SaleDeps, order: Order, live: bool
+    ) -> None:
+        """``live``: the settlement runs inside the person's own conversation turn, which
+        passes the outcome on as its answer (the outbox keeps it in case it cannot)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -788,7 +793,7 @@ def payout_reference(order_id: int, attempt: int) -> str:
 
 
 async def _redeem_and_reserve(
-    uow_factory: UnitOfWorkFactory, deps: SaleDeps, order_id: int
+    uow_factory: UnitOfWorkFactory, deps: SaleDeps, order_id: int, live: bool = False
 ) -> None:
     """APPROVED → REDEEMED → PAYING: take the card's balance at the issuer, post the purchase,
     store the payout with its reference and reserve the money, in one transaction that holds
@@ -819,7 +824,7 @@ async def _redeem_and_reserve(
                 f"order:{order_id}",
                 {"reason": refusal.key, "card": order.card_masked},
             )
-            await _tell(uow, deps, cancelled)
+            await _tell(uow, deps, cancelled, live)
             await uow.commit()
             return
         now = deps.clock.now()
@@ -877,7 +882,9 @@ async def _start_payout(uow: UnitOfWork, deps: SaleDeps, order: Order, attempt: 
     return order
 
 
-async def _send_payout(uow_factory: UnitOfWorkFactory, deps: SaleDeps, order_id: int) -> None:
+async def _send_payout(
+    uow_factory: UnitOfWorkFactory, deps: SaleDeps, order_id: int, live: bool = False
+) -> None:
     """Call the provider for an unfinished payout, under its stored reference, and record the
     outcome. PENDING and unknown-to-provider payouts are (re)sent unchanged; the others queried."""
     async with uow_factory() as uow:
@@ -910,7 +917,7 @@ async def _send_payout(uow_factory: UnitOfWorkFactory, deps: SaleDeps, order_id:
             result = await deps.gateway.transfer(request)
     except PayoutOutcomeUnknown:
         result = None
-    await _record_payout_outcome(uow_factory, deps, order_id, result)
+    await _record_payout_outcome(uow_factory, deps, order_id, result, live)
 
 
 def payout_waits(deps: SaleDeps, payout: Payout) -> datetime | None:
@@ -930,7 +937,11 @@ _FINAL_OUTCOMES = {
 
 
 async def _record_payout_outcome(
-    uow_factory: UnitOfWorkFactory, deps: SaleDeps, order_id: int, result: PayoutResult | None
+    uow_factory: UnitOfWorkFactory,
+    deps: SaleDeps,
+    order_id: int,
+    result: PayoutResult | None,
+    live: bool = False,
 ) -> None:
     async with uow_factory() as uow:
         # The order's lock serialises outcome recording across processes: the first records,
@@ -972,14 +983,14 @@ async def _record_payout_outcome(
                     "amount_fen": payout.amount_fen,
                 },
             )
-            await _tell(uow, deps, finished)
+            await _tell(uow, deps, finished, live)
         await uow.commit()
 
 
-async def _tell(uow: UnitOfWork, deps: SaleDeps, order: Order) -> None:
+async def _tell(uow: UnitOfWork, deps: SaleDeps, order: Order, live: bool) -> None:
     """The person hears about the outcome in the transaction that made it."""
     if deps.listener is not None:
-        await deps.listener.order_changed(uow, deps, order)
+        await deps.listener.order_changed(uow, deps, order, live)
 
 
 # How long a settlement holds its order: far longer than a provider call may take (the
@@ -1006,16 +1017,19 @@ async def _release(uow_factory: UnitOfWorkFactory, order_id: int, owner: str) ->
         log.warning("could not release order %s: %s", order_id, type(exc).__name__)
 
 
-async def settle(uow_factory: UnitOfWorkFactory, deps: SaleDeps, order_id: int) -> Order:
+async def settle(
+    uow_factory: UnitOfWorkFactory, deps: SaleDeps, order_id: int, live: bool = False
+) -> Order:
     """Drive an approved order as far as it can go now: redeem, reserve, pay. Safe to repeat:
     every step is idempotent and resumes from what is stored. The order is claimed first: while
     someone else settles it (a live conversation, another process), this returns it as it
-    stands and asks the provider nothing."""
+    stands and asks the provider nothing. ``live``: called from the person's own conversation
+    turn (see :class:`SettlementListener`)."""
     owner = uuid4().hex
     if await _claim(uow_factory, deps, order_id, owner):
         try:
-            await _redeem_and_reserve(uow_factory, deps, order_id)
-            await _send_payout(uow_factory, deps, order_id)
+            await _redeem_and_reserve(uow_factory, deps, order_id, live)
+            await _send_payout(uow_factory, deps, order_id, live)
         finally:
             await _release(uow_factory, order_id, owner)
     else:
@@ -1025,7 +1039,11 @@ async def settle(uow_factory: UnitOfWorkFactory, deps: SaleDeps, order_id: int) 
 
 
 async def retry_failed_payout(
-    uow_factory: UnitOfWorkFactory, deps: SaleDeps, order_id: int, account: PayoutAccount
+    uow_factory: UnitOfWorkFactory,
+    deps: SaleDeps,
+    order_id: int,
+    account: PayoutAccount,
+    live: bool = False,
 ) -> Order:
     """After a provider-confirmed failure, pay again to another account under a NEW reference."""
     owner = uuid4().hex
@@ -1042,7 +1060,7 @@ async def retry_failed_payout(
             order = replace(order, payout_account_id=account.id)
             await _start_payout(uow, deps, order, attempt)
             await uow.commit()
-        await _send_payout(uow_factory, deps, order_id)
+        await _send_payout(uow_factory, deps, order_id, live)
     finally:
         await _release(uow_factory, order_id, owner)
     async with uow_factory() as uow:

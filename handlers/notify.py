@@ -12,6 +12,7 @@ failed); a person busy with another sale is not pulled out of it.
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 from core import review, sale
 from core.messages import Reply
@@ -25,13 +26,17 @@ log = logging.getLogger(__name__)
 
 # Orders of a batch that are still on their way: the batch's one receipt waits for them.
 _UNDER_WAY = (OrderStatus.APPROVED, OrderStatus.REDEEMED, OrderStatus.PAYING)
+# How long an outcome reached in a person's own turn waits for that turn to pass it on.
+LIVE_HANDOVER = timedelta(seconds=30)
 
 
 class OutcomeNotices:
     """Writes a settlement outcome to the outbox and moves the conversation, inside the
     settlement's transaction (the :class:`~core.sale.SettlementListener` of the app)."""
 
-    async def order_changed(self, uow: UnitOfWork, deps: sale.SaleDeps, order: Order) -> None:
+    async def order_changed(
+        self, uow: UnitOfWork, deps: sale.SaleDeps, order: Order, live: bool
+    ) -> None:
         found = await _reachable(uow, order)
         if found is None:
             return
@@ -44,7 +49,15 @@ class OutcomeNotices:
         else:
             outcome = await settlement_outcome_in(uow, deps, t, order)
         now = deps.clock.now()
-        await uow.outbox.add(identity.channel, identity.external_id, outcome.replies, now)
+        # From a live turn, the answer passes the outcome on (taking it from the outbox): the
+        # channel's worker sends it only if that answer never comes (a crash).
+        await uow.outbox.add(
+            identity.channel,
+            identity.external_id,
+            outcome.replies,
+            now,
+            not_before=now + LIVE_HANDOVER if live else None,
+        )
         await move_conversation(
             uow,
             now,

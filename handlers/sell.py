@@ -728,7 +728,7 @@ def _settle_step(ctx: Ctx, order: Order) -> Step:
 
     async def pay() -> AfterCommit:
         before = await _status_of(services, order_id)
-        after = await sale.settle(services.uow_factory, services.sale, order_id)
+        after = await sale.settle(services.uow_factory, services.sale, order_id, live=True)
         finished = before not in FINISHED and after.status in FINISHED
         outcome = AfterCommit() if finished else await settlement_outcome(services, t, after)
         return await _answer_after_settling(channel, user_key, services, outcome, finished)
@@ -759,7 +759,7 @@ def _retry_payout(ctx: Ctx, order: Order, account_id: int | None) -> Step:
         async with services.uow_factory() as uow:
             account = await uow.payout_accounts.get(account_id)
         after = await sale.retry_failed_payout(
-            services.uow_factory, services.sale, order_id, account
+            services.uow_factory, services.sale, order_id, account, live=True
         )
         finished = after.status in FINISHED  # a new outcome of this attempt
         outcome = AfterCommit() if finished else await settlement_outcome(services, t, after)
@@ -1118,7 +1118,7 @@ async def _batch_settle_step(ctx: Ctx, batch_id: int, notes: tuple[Reply, ...]) 
 
     async def pay() -> AfterCommit:
         was_under_way = await under_way()
-        await batch.settle_batch(services.uow_factory, services.sale, batch_id)
+        await batch.settle_batch(services.uow_factory, services.sale, batch_id, live=True)
         finished = was_under_way and not await under_way()
         outcome = (
             AfterCommit() if finished else await batch_settlement_outcome(services, t, batch_id)

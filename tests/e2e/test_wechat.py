@@ -19,7 +19,7 @@ from bot.democard import render_card_photo
 from core.model import OrderStatus
 from handlers.i18n import Translator
 from storage.db import SqlAlchemyUnitOfWorkFactory
-from storage.tables import ChannelIdentityRow, OrderRow, ProcessedInboundRow, WeChatOutboxRow
+from storage.tables import ChannelIdentityRow, OrderRow, OutboxRow, ProcessedInboundRow
 from tests.wechat_peer import (
     AES_KEY,
     AES_KEY_OLD,
@@ -310,7 +310,7 @@ async def test_bad_pushes_get_4xx_or_success_and_store_nothing(world: World) -> 
     ) as r:
         assert r.status == 403
 
-    for row in (ProcessedInboundRow, ChannelIdentityRow, WeChatOutboxRow):
+    for row in (ProcessedInboundRow, ChannelIdentityRow, OutboxRow):
         assert await world.count(row) == 0
     assert world.peer.calls == []
 
@@ -393,11 +393,11 @@ async def test_beyond_the_quota_a_message_is_held_for_the_next_message(world: Wo
     )
     await asyncio.sleep(0.5)
     assert world.peer.custom_texts() == []
-    assert await world.count(WeChatOutboxRow, state="held") > 0  # the receipt (and menu)
+    assert await world.count(OutboxRow, state="held") > 0  # the receipt (and menu)
     answer = await user.say("订单")
     assert answer.text is not None
     assert answer.text.startswith(ZH("wechat.held_header")) and "【电子回单】" in answer.text
-    assert await world.count(WeChatOutboxRow, state="held") == 0
+    assert await world.count(OutboxRow, state="held") == 0
 
 
 async def test_an_expired_token_is_refreshed_and_the_message_still_goes(world: World) -> None:
