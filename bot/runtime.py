@@ -152,7 +152,9 @@ async def run(settings: Settings, channels: Sequence[str], options: RunOptions) 
         delivering = [
             asyncio.create_task(w.run(stop), name=f"outbox-{w.channel}") for w in workers
         ]
-        poller = asyncio.create_task(poll_unfinished(app.services), name="unfinished")
+        poller = asyncio.create_task(
+            poll_unfinished(app.services, settings.unfinished_poll_seconds), name="unfinished"
+        )
         # --- broadcasts (bot/broadcast.py): the outbox worker, stopped with everything else ---
         from bot.broadcast import run_broadcasts
 
