@@ -22,12 +22,14 @@ from core.sale import SaleDeps, SettlementPolicy
 from handlers import broadcast as broadcast_commands
 from handlers.desk import Desk
 from handlers.engine import Conversation, Services
+from handlers.notify import OutcomeNotices
 from handlers.sell import sell_flow
 from storage.db import (
     DatabaseUnreachable,
     SqlAlchemyUnitOfWorkFactory,
     describe_database,
     is_sqlite,
+    is_transient,
     probe_database,
 )
 from storage.keyring import CoordinatedVault, LeasePolicy
@@ -157,10 +159,12 @@ async def build_app(
             clock=clock,
             kyc=kyc or SandboxKycProvider(),
             settlement=SettlementPolicy(settings.settlement, settings.settlement_batch_hour),
+            listener=OutcomeNotices(),
         ),
         reader=reader or _warmed_reader(catalog),
         uow_factory=uow_factory,
         desk=settings.desk_policy,
+        transient=is_transient,
     )
     desk = Desk(
         admin_commands=broadcast_commands.ADMIN_COMMANDS,

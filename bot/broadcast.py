@@ -58,9 +58,7 @@ from aiogram.types import BufferedInputFile
 from bot.telegram.limiter import CallKind, FlowControl
 from bot.wechat.api import WeChatApi, WeChatApiError, WeChatUnavailable
 from bot.wechat.delivery import (
-    EVENT_QUOTA,
     MAX_TEMPLATE_CHARS,
-    MESSAGE_QUOTA,
     OUT_OF_WINDOW,
     open_window,
 )
@@ -72,7 +70,8 @@ from core.broadcast import (
     DeliveryState,
     Outcome,
 )
-from core.ports import BroadcastUnitOfWorkFactory, Clock, WeChatUnitOfWorkFactory
+from core.messages import Reply
+from core.ports import WECHAT_CUSTOM, BroadcastUnitOfWorkFactory, Clock, WeChatUnitOfWorkFactory
 from handlers.broadcast import recipient_text
 
 if TYPE_CHECKING:
@@ -231,9 +230,6 @@ class WeChatBroadcastChannel:
             await self.api.send_text(openid, text)
         except WeChatApiError as exc:
             if exc.errcode in OUT_OF_WINDOW:
-                async with self.uow_factory() as uow:
-                    await uow.wechat_contacts.exhaust(openid, MESSAGE_QUOTA, EVENT_QUOTA)
-                    await uow.commit()
                 return Outcome(DeliveryState.SKIPPED, f"{exc.errcode} {exc.errmsg}")
             if exc.errcode in WECHAT_UNREACHABLE:
                 return Outcome(DeliveryState.UNREACHABLE, f"{exc.errcode} {exc.errmsg}")
@@ -241,7 +237,10 @@ class WeChatBroadcastChannel:
         except WeChatUnavailable as exc:
             return Outcome(DeliveryState.UNKNOWN, f"customer service: {exc}")
         async with self.uow_factory() as uow:
-            await uow.wechat_contacts.record_send(openid, window)
+            # Kept in the outbox as sent: WeChat's quota is worked out from there.
+            await uow.outbox.record_sent(
+                "wechat", openid, Reply(text), WECHAT_CUSTOM, self.clock.now()
+            )
             await uow.commit()
         return Outcome(DeliveryState.SENT)
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from bot.outbox import Delivered, Handed, Retry
 from core.messages import Channel, Inbound, Reply
+from core.ports import OutboxMessage
 from handlers.engine import Conversation
 
 
@@ -71,15 +73,19 @@ class ConsoleChannel:
         return replies
 
 
-class ConsoleNotifier:
-    """Delivers notifications to the console (the only console user is the one typing)."""
+class ConsoleCourier:
+    """Delivers outbox messages to the console (the only console user is the one typing)."""
+
+    channel = Channel.CONSOLE.value
 
     def __init__(self, write: Callable[[str], None] = print, user_id: str | None = None) -> None:
         self.write = write
         self.user_id = user_id
 
-    async def notify(self, channel: str, user_key: str, reply: Reply) -> None:
-        if self.user_id is not None and user_key != self.user_id:
+    async def deliver(self, recipient: str, messages: Sequence[OutboxMessage]) -> Handed:
+        if self.user_id is not None and recipient != self.user_id:
             # Another console user's message (another terminal on the same database).
-            raise LookupError(f"console user {user_key} is not on this terminal")
-        self.write(render_reply(reply))
+            return Handed(len(messages), Retry(f"console user {recipient} is not here"))
+        for message in messages:
+            self.write(render_reply(message.reply))
+        return Handed(len(messages), Delivered("console"))

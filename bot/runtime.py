@@ -7,8 +7,12 @@ One process serves one or more channels over one application (storage, ports, co
 - runners that receive pushes over HTTP (WeChat, the Telegram webhook) contribute routes to one
   aiohttp server on ``--host``/``--port``; runners that pull (Telegram long polling) do it in
   :meth:`ChannelRunner.serve`;
-- a background task finishes what is unfinished (late payout outcomes, settlements a crash left
-  half-way) and tells each user on their own channel through a :class:`RoutingNotifier`;
+- a background task finishes what is unfinished (late payout outcomes, settlements nobody is
+  making — a crash left them half-way) and review decisions; what each person is told is written
+  to the outbox with its cause;
+- one :class:`~bot.outbox.OutboxWorker` per channel served delivers that channel's outbox
+  messages, whichever process wrote them (a payout finished by the WeChat process reaches a
+  Telegram user through the Telegram process);
 - SIGINT/SIGTERM stop everything gracefully: servers stop accepting, runners drain, storage
   closes.
 """
@@ -21,12 +25,11 @@ import importlib
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from core.messages import Reply
-from core.ports import Notifier
+from bot.outbox import Courier, OutboxWorker
 from handlers.desk import run_desk
 from handlers.engine import Services
 from handlers.notify import finish_unfinished
@@ -57,7 +60,7 @@ class ChannelRunner(Protocol):
     """A channel inside a running bot process."""
 
     channel: str
-    notifier: Notifier
+    courier: Courier  # sends this channel's outbox messages
 
     def routes(self) -> Sequence[web.RouteDef]:
         """HTTP routes this channel serves (pushes, webhooks); empty when it pulls."""
@@ -80,30 +83,11 @@ class ChannelConfigError(RuntimeError):
     ``cardbot run`` prints it and exits with status 2."""
 
 
-class UnknownChannel(LookupError):
-    """A notification for a channel this process does not serve."""
-
-
-class RoutingNotifier:
-    """Sends each notification through the runner of the user's channel."""
-
-    def __init__(self, notifiers: Mapping[str, Notifier]) -> None:
-        self._notifiers = dict(notifiers)
-
-    async def notify(self, channel: str, user_key: str, reply: Reply) -> None:
-        notifier = self._notifiers.get(channel)
-        if notifier is None:
-            raise UnknownChannel(channel)
-        await notifier.notify(channel, user_key, reply)
-
-
-async def poll_unfinished(
-    services: Services, notifier: Notifier, every: float = UNFINISHED_POLL_SECONDS
-) -> None:
+async def poll_unfinished(services: Services, every: float = UNFINISHED_POLL_SECONDS) -> None:
     """Finish unfinished settlements now and then; never dies of one failure."""
     while True:
         try:
-            await finish_unfinished(services, notifier)
+            await finish_unfinished(services)
         except Exception:
             log.exception("resuming unfinished payouts failed")
         await asyncio.sleep(every)
@@ -167,16 +151,23 @@ async def run(settings: Settings, channels: Sequence[str], options: RunOptions) 
             server = HttpServer(routes, http_limits(settings))
             await server.start(options.host, options.port)
             log.info("serving HTTP on %s:%s", options.host, options.port)
-        notifier = RoutingNotifier({r.channel: r.notifier for r in runners})
         tasks = [asyncio.create_task(r.serve(stop), name=f"serve-{r.channel}") for r in runners]
-        poller = asyncio.create_task(poll_unfinished(app.services, notifier), name="unfinished")
+        clock = app.services.sale.clock
+        workers = [
+            OutboxWorker(app.uow_factory, r.courier, clock, wake=app.services.outbox_queued)
+            for r in runners
+        ]
+        delivering = [
+            asyncio.create_task(w.run(stop), name=f"outbox-{w.channel}") for w in workers
+        ]
+        poller = asyncio.create_task(
+            poll_unfinished(app.services, settings.unfinished_poll_seconds), name="unfinished"
+        )
         # --- broadcasts (bot/broadcast.py): the outbox worker, stopped with everything else ---
         from bot.broadcast import run_broadcasts
 
         broadcaster = asyncio.create_task(run_broadcasts(app, runners, stop), name="broadcasts")
-        desk = asyncio.create_task(
-            run_desk(app.services, notifier, [r.channel for r in runners], stop), name="desk"
-        )
+        desk = asyncio.create_task(run_desk(app.services, stop), name="desk")
         stopper = asyncio.create_task(stop.wait(), name="stop")
         log.info("cardbot running: %s", ", ".join(channels))
         done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
@@ -192,6 +183,11 @@ async def run(settings: Settings, channels: Sequence[str], options: RunOptions) 
                 log.error("the broadcast worker stopped: %r", result)
         await desk
         await asyncio.gather(*tasks, return_exceptions=True)
+        # What the channels queued while draining still goes out before the process ends.
+        await asyncio.gather(*delivering, return_exceptions=True)
+        for worker in workers:
+            with contextlib.suppress(Exception):
+                await worker.deliver_due()
         return 1 if failed else 0
     finally:
         if server is not None:

@@ -167,6 +167,14 @@ class Settings(BaseSettings):
         ),
     )
     # --- end wechat ---
+    # How often ``cardbot run`` resumes settlements nobody is making and announces decisions.
+    unfinished_poll_seconds: float = Field(
+        5.0,
+        gt=0,
+        validation_alias=AliasChoices(
+            "CARDBOT_UNFINISHED_POLL_SECONDS", "unfinished_poll_seconds"
+        ),
+    )
 
     # --- telegram (bot/telegram/) ---
     # Outbound limits (one limiter per process): a chat gets this many messages at once, then

@@ -527,7 +527,7 @@ async def submit_batch(
 
 
 async def settle_batch(
-    uow_factory: UnitOfWorkFactory, deps: sale.SaleDeps, batch_id: int
+    uow_factory: UnitOfWorkFactory, deps: sale.SaleDeps, batch_id: int, live: bool = False
 ) -> list[Order]:
     """Settle each approved or paying order of the batch on its own (the proven single-order
     settlement); one that cannot finish now does not stop the others. Returns every order of
@@ -538,7 +538,7 @@ async def settle_batch(
         if order.status in (OrderStatus.APPROVED, OrderStatus.PAYING):
             assert order.id is not None
             try:
-                await sale.settle(uow_factory, deps, order.id)
+                await sale.settle(uow_factory, deps, order.id, live)
             except CardbotError as exc:
                 log.warning(
                     "batch %s: order %s not finished yet: %s",

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
+from enum import StrEnum
 from types import TracebackType
 from typing import Protocol, Self
 
@@ -472,6 +473,126 @@ class RateTableRepository(Protocol):
         ...
 
 
+# --------------------------------------------------------------------------------------------
+# The outbox: everything said to a person that is not the direct reply to their own message
+# (a payout outcome, a review decision, a ticket relay, a staff alert, a WeChat answer that
+# missed the 5 s window). Written in the same transaction as its cause; delivered by whichever
+# process serves the recipient's channel, in order per recipient (bot/outbox.py).
+
+
+class OutboxKind(StrEnum):
+    """Why a message is in the outbox: ``notice`` — said outside the person's conversation
+    turn (outcomes, decisions, relays, alerts); ``reply`` — part of the answer to their own
+    message that could not go back on the request (WeChat's 5 s window, an overflow)."""
+
+    NOTICE = "notice"
+    REPLY = "reply"
+
+
+class OutboxState(StrEnum):
+    """``pending``: to send; ``held``: the channel will not take it now, it goes with the
+    person's next message (WeChat); ``sent``; ``failed``: given up after many tries."""
+
+    PENDING = "pending"
+    HELD = "held"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class OutboxMessage:
+    """One message in the outbox (masked values only), delivered per recipient in ``id``
+    order. ``via`` says how it left: a channel's own word (``custom``, ``template``,
+    ``passive``, ``message``)."""
+
+    channel: str
+    recipient: str
+    kind: OutboxKind
+    reply: Reply
+    state: OutboxState
+    created_at: datetime
+    not_before: datetime
+    attempts: int = 0
+    sent_at: datetime | None = None
+    via: str | None = None
+    last_error: str | None = None
+    id: int | None = None
+
+
+class OutboxRepository(Protocol):
+    async def add(
+        self,
+        channel: str,
+        recipient: str,
+        replies: Sequence[Reply],
+        at: datetime,
+        kind: OutboxKind = OutboxKind.NOTICE,
+        not_before: datetime | None = None,
+    ) -> Sequence[OutboxMessage]:
+        """Queue messages for a recipient, in this order (due at ``not_before`` or now)."""
+        ...
+
+    async def claim_due(
+        self, channel: str, now: datetime, lease_until: datetime, limit: int
+    ) -> Sequence[OutboxMessage]:
+        """Lease, per recipient of ``channel``, the oldest undelivered message when it is
+        pending and due (with the same kind's due messages right behind it); no other
+        process takes them until ``lease_until``, and a crash makes them due again then."""
+        ...
+
+    async def mark_sent(self, message_id: int, via: str, at: datetime) -> None:
+        """A leased message was delivered."""
+        ...
+
+    async def hold(self, message_id: int, reason: str) -> None:
+        """Keep the message for the recipient's next message."""
+        ...
+
+    async def retry_later(self, message_id: int, not_before: datetime, reason: str) -> None:
+        """Release the lease; try again from ``not_before``."""
+        ...
+
+    async def give_up(self, message_id: int, at: datetime, reason: str) -> None:
+        """Never to be tried again (it no longer holds back the recipient's later messages)."""
+        ...
+
+    async def take_undelivered(
+        self, channel: str, recipient: str, at: datetime
+    ) -> Sequence[OutboxMessage]:
+        """Pending (due or not) and held messages of a recipient that nobody is sending,
+        oldest first, now marked sent ``passive``: they go with the answer being made."""
+        ...
+
+    async def record_sent(
+        self, channel: str, recipient: str, reply: Reply, via: str, at: datetime
+    ) -> None:
+        """Keep a message sent outside the outbox (a broadcast's customer-service message) as
+        sent, so that what a channel counts (WeChat's quota) is worked out from one place."""
+        ...
+
+    async def sent_since(self, channel: str, recipient: str, via: str, since: datetime) -> int:
+        """How many messages left for a recipient ``via`` this way at or after ``since``."""
+        ...
+
+    async def for_recipient(self, channel: str, recipient: str) -> Sequence[OutboxMessage]:
+        """A recipient's messages, oldest first."""
+        ...
+
+
+class OrderClaimRepository(Protocol):
+    """Who is settling an order now: a lease with an owner and an expiry, so that resuming
+    is only for work nobody is doing and a provider is never asked twice at once."""
+
+    async def claim(self, order_id: int, owner: str, now: datetime, until: datetime) -> bool:
+        """Take (or extend) the order for ``owner`` until ``until``; False while another
+        owner's lease has not expired."""
+        ...
+
+    async def release(self, order_id: int, owner: str) -> None:
+        """Give the order back (only ``owner``'s lease)."""
+        ...
+
+
 class UnitOfWork(Protocol):
     inbox: InboxRepository
     conversations: ConversationRepository
@@ -487,7 +608,8 @@ class UnitOfWork(Protocol):
     risk_list: RiskListRepository
     rates: RateTableRepository
     tickets: TicketRepository
-    notices: NoticeRepository
+    outbox: OutboxRepository
+    order_claims: OrderClaimRepository
     role_grants: RoleGrantRepository
     batches: BatchRepository
 
@@ -544,31 +666,15 @@ __all__ = [
 # each user's customer-service window, and the account's shared access token.
 
 
-@dataclass(frozen=True)
-class OutboundMessage:
-    """A message waiting for (or done with) delivery to a WeChat user, in ``id`` order.
-
-    ``kind``: ``reply`` (an answer that could not go back passively) or ``notice`` (sent outside
-    a conversation). ``state``: ``pending``, ``held`` (kept for the user's next message) or
-    ``sent``; ``via`` says how it left: ``custom``, ``template`` or ``passive``."""
-
-    openid: str
-    kind: str
-    text: str
-    state: str
-    created_at: datetime
-    not_before: datetime
-    attempts: int = 0
-    sent_at: datetime | None = None
-    via: str | None = None
-    last_error: str | None = None
-    id: int | None = None
+# How a WeChat customer-service message is recorded in the outbox (``via``); WeChat's quota
+# counts these since the user's last message (storage works the count out).
+WECHAT_CUSTOM = "custom"
 
 
 @dataclass(frozen=True)
 class ContactWindow:
-    """When a WeChat user last wrote or clicked/followed, and how many customer-service
-    messages were sent to them since each."""
+    """When a WeChat user last wrote or clicked/followed (stored), and how many
+    customer-service messages were sent to them since each (worked out from the outbox)."""
 
     openid: str
     last_message_at: datetime | None = None
@@ -587,48 +693,6 @@ class CachedAccessToken:
     fetched_at: datetime
 
 
-class WeChatOutboxRepository(Protocol):
-    async def add(
-        self,
-        openid: str,
-        kind: str,
-        texts: Sequence[str],
-        at: datetime,
-        not_before: datetime | None = None,
-    ) -> Sequence[OutboundMessage]:
-        """Queue messages for a user (pending, due at ``not_before`` or now), in this order."""
-        ...
-
-    async def claim_due(
-        self, now: datetime, lease_until: datetime, limit: int
-    ) -> Sequence[OutboundMessage]:
-        """Lease the oldest undelivered message of each user when it is pending and due —
-        never a later one while an earlier one waits — so that only one process sends it;
-        with it, the same user's due pending messages of the same kind behind it (in order)."""
-        ...
-
-    async def mark_sent(self, message_id: int, via: str, at: datetime) -> None:
-        """A leased message was delivered."""
-        ...
-
-    async def hold(self, message_id: int, reason: str) -> None:
-        """WeChat will not take the message now: keep it for the user's next message."""
-        ...
-
-    async def retry_later(self, message_id: int, not_before: datetime, reason: str) -> None:
-        """Delivery failed for a passing reason: release the lease, try again later."""
-        ...
-
-    async def take_undelivered(self, openid: str, at: datetime) -> Sequence[OutboundMessage]:
-        """Every message of a user that is held or pending and not being sent right now,
-        oldest first, marked sent (``via='passive'``): they go out with the passive reply."""
-        ...
-
-    async def for_openid(self, openid: str) -> Sequence[OutboundMessage]:
-        """A user's messages, oldest first."""
-        ...
-
-
 class WeChatContactRepository(Protocol):
     async def get(self, openid: str) -> ContactWindow | None:
         """A user's delivery window, or None before their first message."""
@@ -636,14 +700,6 @@ class WeChatContactRepository(Protocol):
 
     async def touch(self, openid: str, at: datetime, by_message: bool) -> None:
         """The user wrote (``by_message``) or clicked/followed at ``at``: a new window opens."""
-        ...
-
-    async def record_send(self, openid: str, window: str) -> None:
-        """One customer-service message was sent in the ``message`` or ``event`` window."""
-        ...
-
-    async def exhaust(self, openid: str, message_quota: int, event_quota: int) -> None:
-        """WeChat refused for time or count: count both windows as used up."""
         ...
 
     async def language(self, openid: str) -> str | None:
@@ -681,7 +737,6 @@ class WeChatPushStampRepository(Protocol):
 class WeChatUnitOfWork(UnitOfWork, Protocol):
     """A unit of work that also reaches the WeChat channel's tables."""
 
-    wechat_outbox: WeChatOutboxRepository
     wechat_contacts: WeChatContactRepository
     wechat_tokens: WeChatTokenRepository
     wechat_push_stamps: WeChatPushStampRepository
@@ -695,17 +750,6 @@ class WeChatUnitOfWorkFactory(Protocol):
 
 # --------------------------------------------------------------------------------------------
 # The desk (handlers/desk.py): tickets, notices to people other than the sender, granted roles.
-
-
-@dataclass(frozen=True)
-class Notice:
-    """A message waiting for delivery to a channel user (masked values only)."""
-
-    id: int
-    channel: str
-    user_key: str
-    reply: Reply
-    attempts: int
 
 
 class TicketRepository(Protocol):
@@ -739,28 +783,6 @@ class TicketRepository(Protocol):
 
     async def messages(self, ticket_id: int) -> Sequence[TicketMessage]:
         """The ticket's lines, oldest first."""
-        ...
-
-
-class NoticeRepository(Protocol):
-    async def add(self, channel: str, user_key: str, reply: Reply, at: datetime) -> None:
-        """Queue a message for delivery."""
-        ...
-
-    async def claim(
-        self, channels: Sequence[str], now: datetime, until: datetime, limit: int
-    ) -> Sequence[Notice]:
-        """Undelivered notices to these channels whose time has come, oldest first, leased
-        until ``until`` (no other process takes them meanwhile; a crash makes them due again
-        then)."""
-        ...
-
-    async def mark_sent(self, notice_id: int, at: datetime, gave_up: str | None = None) -> None:
-        """Delivered — or, with ``gave_up`` (the last error), never to be tried again."""
-        ...
-
-    async def retry_later(self, notice_id: int, not_before: datetime, error: str) -> None:
-        """Delivery failed for now: try again from ``not_before``."""
         ...
 
 

@@ -10,6 +10,8 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
+from uuid import uuid4
 
 from core import ledger, masking
 from core.catalog import Catalog, normalize_card_number
@@ -141,6 +143,19 @@ class SettlementPolicy:
         return local.astimezone(UTC)
 
 
+class SettlementListener(Protocol):
+    """Told, inside the very transaction that moves an order to an outcome the person must hear
+    about (settled, payout failed, card refused at redemption), so that what they are told is
+    written with its cause (the outbox) and only by the process that made the change."""
+
+    async def order_changed(
+        self, uow: UnitOfWork, deps: SaleDeps, order: Order, live: bool
+    ) -> None:
+        """``live``: the settlement runs inside the person's own conversation turn, which
+        passes the outcome on as its answer (the outbox keeps it in case it cannot)."""
+        ...
+
+
 @dataclass(frozen=True)
 class SaleDeps:
     """Everything the sale needs from outside, passed explicitly."""
@@ -154,6 +169,7 @@ class SaleDeps:
     clock: Clock
     kyc: KycProvider | None = None  # the real-name service for identity level 2
     settlement: SettlementPolicy = SettlementPolicy()
+    listener: SettlementListener | None = None
 
 
 @dataclass(frozen=True)
@@ -924,7 +940,7 @@ def payout_reference(order_id: int, attempt: int) -> str:
 
 
 async def _redeem_and_reserve(
-    uow_factory: UnitOfWorkFactory, deps: SaleDeps, order_id: int
+    uow_factory: UnitOfWorkFactory, deps: SaleDeps, order_id: int, live: bool = False
 ) -> None:
     """APPROVED → REDEEMED → PAYING: take the card's balance at the issuer, post the purchase,
     store the payout with its reference and reserve the money, in one transaction that holds
@@ -946,7 +962,8 @@ async def _redeem_and_reserve(
             return
         except (CardUnusable, CardNotFound, WrongSecret) as refusal:
             now = deps.clock.now()
-            await uow.orders.update(transition(order, OrderStatus.CANCELLED, now))
+            cancelled = transition(order, OrderStatus.CANCELLED, now)
+            await uow.orders.update(cancelled)
             await uow.audit.append(
                 now,
                 "settlement",
@@ -954,6 +971,7 @@ async def _redeem_and_reserve(
                 f"order:{order_id}",
                 {"reason": refusal.key, "card": order.card_masked},
             )
+            await _tell(uow, deps, cancelled, live)
             await uow.commit()
             return
         now = deps.clock.now()
@@ -1011,7 +1029,9 @@ async def _start_payout(uow: UnitOfWork, deps: SaleDeps, order: Order, attempt: 
     return order
 
 
-async def _send_payout(uow_factory: UnitOfWorkFactory, deps: SaleDeps, order_id: int) -> None:
+async def _send_payout(
+    uow_factory: UnitOfWorkFactory, deps: SaleDeps, order_id: int, live: bool = False
+) -> None:
     """Call the provider for an unfinished payout, under its stored reference, and record the
     outcome. PENDING and unknown-to-provider payouts are (re)sent unchanged; the others queried."""
     async with uow_factory() as uow:
@@ -1044,7 +1064,7 @@ async def _send_payout(uow_factory: UnitOfWorkFactory, deps: SaleDeps, order_id:
             result = await deps.gateway.transfer(request)
     except PayoutOutcomeUnknown:
         result = None
-    await _record_payout_outcome(uow_factory, deps, order_id, result)
+    await _record_payout_outcome(uow_factory, deps, order_id, result, live)
 
 
 def payout_waits(deps: SaleDeps, payout: Payout) -> datetime | None:
@@ -1064,7 +1084,11 @@ _FINAL_OUTCOMES = {
 
 
 async def _record_payout_outcome(
-    uow_factory: UnitOfWorkFactory, deps: SaleDeps, order_id: int, result: PayoutResult | None
+    uow_factory: UnitOfWorkFactory,
+    deps: SaleDeps,
+    order_id: int,
+    result: PayoutResult | None,
+    live: bool = False,
 ) -> None:
     async with uow_factory() as uow:
         # The order's lock serialises outcome recording across processes: the first records,
@@ -1092,7 +1116,8 @@ async def _record_payout_outcome(
             await uow.ledger.post(
                 build_txn(order_id, order.user_id, payout.method, payout.amount_fen, now)
             )
-            await uow.orders.update(transition(order, order_status, now))
+            finished = transition(order, order_status, now)
+            await uow.orders.update(finished)
             await uow.audit.append(
                 now,
                 "settlement",
@@ -1105,39 +1130,94 @@ async def _record_payout_outcome(
                     "amount_fen": payout.amount_fen,
                 },
             )
+            await _tell(uow, deps, finished, live)
         await uow.commit()
 
 
-async def settle(uow_factory: UnitOfWorkFactory, deps: SaleDeps, order_id: int) -> Order:
+async def _tell(uow: UnitOfWork, deps: SaleDeps, order: Order, live: bool) -> None:
+    """The person hears about the outcome in the transaction that made it."""
+    if deps.listener is not None:
+        await deps.listener.order_changed(uow, deps, order, live)
+
+
+# How long a settlement holds its order: far longer than a provider call may take (the
+# gateways time out well within it); after a crash, another process resumes once it has passed.
+SETTLE_LEASE = timedelta(minutes=5)
+
+
+async def _claim(
+    uow_factory: UnitOfWorkFactory, deps: SaleDeps, order_id: int, owner: str
+) -> bool:
+    async with uow_factory() as uow:
+        now = deps.clock.now()
+        taken = await uow.order_claims.claim(order_id, owner, now, now + SETTLE_LEASE)
+        await uow.commit()
+    return taken
+
+
+async def _release(uow_factory: UnitOfWorkFactory, order_id: int, owner: str) -> None:
+    try:
+        async with uow_factory() as uow:
+            await uow.order_claims.release(order_id, owner)
+            await uow.commit()
+    except Exception as exc:  # the lease runs out on its own
+        log.warning("could not release order %s: %s", order_id, type(exc).__name__)
+
+
+async def settle(
+    uow_factory: UnitOfWorkFactory, deps: SaleDeps, order_id: int, live: bool = False
+) -> Order:
     """Drive an approved order as far as it can go now: redeem, reserve, pay. Safe to repeat:
-    every step is idempotent and resumes from what is stored."""
-    await _redeem_and_reserve(uow_factory, deps, order_id)
-    await _send_payout(uow_factory, deps, order_id)
+    every step is idempotent and resumes from what is stored. The order is claimed first: while
+    someone else settles it (a live conversation, another process), this returns it as it
+    stands and asks the provider nothing. ``live``: called from the person's own conversation
+    turn (see :class:`SettlementListener`)."""
+    owner = uuid4().hex
+    if await _claim(uow_factory, deps, order_id, owner):
+        try:
+            await _redeem_and_reserve(uow_factory, deps, order_id, live)
+            await _send_payout(uow_factory, deps, order_id, live)
+        finally:
+            await _release(uow_factory, order_id, owner)
+    else:
+        log.info("order %s is being settled elsewhere; left alone", order_id)
     async with uow_factory() as uow:
         return await uow.orders.get(order_id)
 
 
 async def retry_failed_payout(
-    uow_factory: UnitOfWorkFactory, deps: SaleDeps, order_id: int, account: PayoutAccount
+    uow_factory: UnitOfWorkFactory,
+    deps: SaleDeps,
+    order_id: int,
+    account: PayoutAccount,
+    live: bool = False,
 ) -> Order:
     """After a provider-confirmed failure, pay again to another account under a NEW reference."""
-    async with uow_factory() as uow:
-        order = await uow.orders.lock(order_id)
-        if order.status is not OrderStatus.PAYOUT_FAILED:
-            return order
-        previous = await uow.payouts.for_order(order_id)
-        attempt = int(previous.reference.rsplit("N", 1)[1]) + 1 if previous else 1
-        order = replace(order, payout_account_id=account.id)
-        await _start_payout(uow, deps, order, attempt)
-        await uow.commit()
-    await _send_payout(uow_factory, deps, order_id)
+    owner = uuid4().hex
+    if not await _claim(uow_factory, deps, order_id, owner):
+        async with uow_factory() as uow:
+            return await uow.orders.get(order_id)
+    try:
+        async with uow_factory() as uow:
+            order = await uow.orders.lock(order_id)
+            if order.status is not OrderStatus.PAYOUT_FAILED:
+                return order
+            previous = await uow.payouts.for_order(order_id)
+            attempt = int(previous.reference.rsplit("N", 1)[1]) + 1 if previous else 1
+            order = replace(order, payout_account_id=account.id)
+            await _start_payout(uow, deps, order, attempt)
+            await uow.commit()
+        await _send_payout(uow_factory, deps, order_id, live)
+    finally:
+        await _release(uow_factory, order_id, owner)
     async with uow_factory() as uow:
         return await uow.orders.get(order_id)
 
 
 async def resume_unfinished(uow_factory: UnitOfWorkFactory, deps: SaleDeps) -> list[Order]:
     """Finish what a crash or an unsure provider left: approved orders not yet redeemed, and
-    payouts pending, unknown or processing. Returns orders whose status changed."""
+    payouts pending, unknown or processing — those nobody is settling now (see :func:`settle`).
+    Returns orders whose status changed (the person was told in the same transaction)."""
     async with uow_factory() as uow:
         waiting = list(await uow.orders.with_status([OrderStatus.APPROVED, OrderStatus.PAYING]))
     changed: list[Order] = []

@@ -10,9 +10,9 @@ The desk sees every message before the sell flow (:meth:`Desk.intercept`) and ta
 - a user whose ticket is taken writes: the flow is paused and the message goes to the staff
   member (redacted: staff never read a full card, ID or bank number, nor a secret).
 
-Messages to people other than the sender are *notices*, written in the same transaction as
-their cause and delivered by the runtime (:func:`deliver_notices`), so a relay is never lost
-and never made twice by a redelivered message. Opening or taking a ticket never changes the
+Messages to people other than the sender are outbox messages, written in the same transaction
+as their cause and delivered by each channel's worker (``bot/outbox.py``), so a relay is never
+lost and never made twice by a redelivered message. Opening or taking a ticket never changes the
 user's step; resolving or releasing it tells the user and repeats what that step was waiting
 for, so the conversation resumes where it stopped (or at a fresh quote, after a re-quote).
 """
@@ -20,6 +20,7 @@ for, so the conversation resumes where it stopped (or at a fresh quote, after a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -35,7 +36,7 @@ from core.masking import redact_for_staff
 from core.messages import Inbound, InputKind, Option, Reply
 from core.model import ConversationState, Order, OrderStatus, RateTable, Role, User
 from core.money import percent, yuan
-from core.ports import Notifier, UnitOfWork
+from core.ports import UnitOfWork
 from core.pricing import RateTableError, pricing_from_dict, pricing_to_dict, with_band_rate
 from core.tickets import (
     AlertKind,
@@ -71,7 +72,7 @@ from handlers.i18n import Translator, resolve_language
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Desk", "DeskCtx", "DeskHandler", "Role", "check_sla", "deliver_notices"]
+__all__ = ["Desk", "DeskCtx", "DeskHandler", "Role", "check_sla", "run_desk"]
 
 _RANK = {Role.CUSTOMER: 0, Role.STAFF: 1, Role.ADMIN: 2}
 _TICKET_ID = re.compile(r"^[#Tt]?(\d{1,12})$")
@@ -79,9 +80,6 @@ _OUR_ORDER = re.compile(r"CB0*(\d{1,12})", re.IGNORECASE)
 _ORDER_ID = re.compile(r"^(?:CB)?0*(\d{1,12})$", re.IGNORECASE)
 # How recently an order must have moved for a ticket opened without naming one to be about it.
 RECENT_ORDER = timedelta(days=3)
-NOTICE_LEASE = timedelta(seconds=60)
-NOTICE_BATCH = 50
-NOTICE_MAX_ATTEMPTS = 30
 EVIDENCE_LINES = 20
 # A user's steps the quote screen belongs to (the sell flow's names).
 AWAIT_QUOTE = "await_quote"
@@ -111,7 +109,7 @@ class DeskCtx:
     async def notify(self, actor: str, reply: Reply) -> None:
         """Queue a message for someone else (delivered after the commit)."""
         channel, _, key = actor.partition(":")
-        await self.uow.notices.add(channel, key, reply, self.now)
+        await self.uow.outbox.add(channel, key, [reply], self.now)
         self.notices.append((actor, reply))
 
 
@@ -260,7 +258,7 @@ class Desk:
     def _step(ctx: Ctx, d: DeskCtx, replies: list[Reply]) -> Step:
         if not d.notices:
             return Step(ctx.step, tuple(replies))
-        signal = ctx.services.notices_queued
+        signal = ctx.services.outbox_queued
 
         async def wake() -> AfterCommit:
             signal.set()
@@ -1121,44 +1119,6 @@ async def cmd_rate(d: DeskCtx) -> list[Reply]:
 # Background work (run by bot/runtime.py)
 
 
-async def deliver_notices(services: Services, notifier: Notifier, channels: Sequence[str]) -> int:
-    """Deliver the due notices to ``channels`` (those this process serves) once; returns how
-    many went out. A notice whose delivery fails is tried again later with a growing pause;
-    one lost in a crash goes after its lease (so it may, rarely, arrive twice)."""
-    clock = services.sale.clock
-    async with services.uow_factory() as uow:
-        now = clock.now()
-        notices = list(await uow.notices.claim(channels, now, now + NOTICE_LEASE, NOTICE_BATCH))
-        await uow.commit()
-    if not notices:
-        return 0
-    sent: list[int] = []
-    failed: list[tuple[int, int, str]] = []
-    for notice in notices:
-        try:
-            await notifier.notify(notice.channel, notice.user_key, notice.reply)
-            sent.append(notice.id)
-        except Exception as exc:  # one person's failure must not hold up the others
-            log.warning(
-                "notice %s to %s failed: %s", notice.id, notice.channel, type(exc).__name__
-            )
-            failed.append((notice.id, notice.attempts, type(exc).__name__))
-    async with services.uow_factory() as uow:
-        now = clock.now()
-        for notice_id in sent:
-            await uow.notices.mark_sent(notice_id, now)
-        for notice_id, attempts, error in failed:
-            if attempts + 1 >= NOTICE_MAX_ATTEMPTS:
-                # About a day of tries (a blocked bot, an unfollowed account): stop.
-                log.warning("notice %s given up after %s tries", notice_id, attempts + 1)
-                await uow.notices.mark_sent(notice_id, now, gave_up=error)
-                continue
-            pause = timedelta(seconds=min(3600, 5 * 2 ** min(attempts, 10)))
-            await uow.notices.retry_later(notice_id, now + pause, error)
-        await uow.commit()
-    return len(sent)
-
-
 async def check_sla(services: Services) -> int:
     """Send the reminders and escalations that are due; returns how many alerts went out."""
     clock = services.sale.clock
@@ -1191,7 +1151,7 @@ async def check_sla(services: Services) -> int:
                         age=_minutes(now - locked.opened_at),
                     )
                     channel, _, key = target.partition(":")
-                    await uow.notices.add(channel, key, Reply(text), now)
+                    await uow.outbox.add(channel, key, [Reply(text)], now)
                     count += 1
                 await uow.audit.append(
                     now, "desk", f"ticket.{kind.value}", f"ticket:{locked.id}", {}
@@ -1199,7 +1159,7 @@ async def check_sla(services: Services) -> int:
             await uow.tickets.update(with_alerts_sent(locked, due, now))
         await uow.commit()
     if count:
-        services.notices_queued.set()
+        services.outbox_queued.set()
     return count
 
 
@@ -1214,10 +1174,10 @@ async def _holder_gone(uow: UnitOfWork, ticket: Ticket, now: datetime) -> None:
     user_t = Translator(
         resolve_language(await uow.users.language_of(locked.channel, locked.user_key))
     )
-    await uow.notices.add(
+    await uow.outbox.add(
         locked.channel,
         locked.user_key,
-        Reply(user_t("desk.holder_gone", ticket=locked.number)),
+        [Reply(user_t("desk.holder_gone", ticket=locked.number))],
         now,
     )
 
@@ -1232,30 +1192,13 @@ async def _alert_targets(
     return list(dict.fromkeys([*services.desk.alert_chats, *await staff_actors(uow, services)]))
 
 
-async def run_desk(
-    services: Services,
-    notifier: Notifier,
-    channels: Sequence[str],
-    stop: asyncio.Event,
-    sla_every: float = 30.0,
-    poll_every: float = 1.0,
-) -> None:
-    """Deliver notices as they are queued (and every ``poll_every`` seconds, for those queued
-    by other processes), and check the timers every ``sla_every`` seconds, until ``stop``."""
-    loop = asyncio.get_running_loop()
-    next_sla = loop.time()
-    signal = services.notices_queued
+async def run_desk(services: Services, stop: asyncio.Event, sla_every: float = 30.0) -> None:
+    """Check the tickets' timers every ``sla_every`` seconds until ``stop`` (the alerts go
+    through the outbox, delivered by each channel's worker)."""
     while not stop.is_set():
         try:
-            if loop.time() >= next_sla:
-                next_sla = loop.time() + sla_every
-                await check_sla(services)
-            signal.clear()
-            while await deliver_notices(services, notifier, channels) == NOTICE_BATCH:
-                pass
+            await check_sla(services)
         except Exception as exc:  # keep the desk alive; the next round tries again
             log.error("desk round failed: %s", type(exc).__name__, exc_info=True)
-        waits = [asyncio.ensure_future(signal.wait()), asyncio.ensure_future(stop.wait())]
-        await asyncio.wait(waits, timeout=poll_every, return_when=asyncio.FIRST_COMPLETED)
-        for waiter in waits:
-            waiter.cancel()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), sla_every)

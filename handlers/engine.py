@@ -6,6 +6,12 @@ run the step, save the new state, commit. Work that talks to a provider runs aft
 (``Step.after_commit``) and is resumable on its own. A refusal (``UserError``) rolls the step
 back, keeps the state and answers in the user's language; an unexpected failure answers a calm
 apology, leaves the message unrecorded so a redelivery may try again, and logs no payload.
+
+What a message came to is a :class:`Turn`: handled (with its replies, possibly none — a
+paused conversation while staff hold a ticket answers nothing), a redelivery of a message
+already handled, or a failure of the infrastructure (the database or its connection) that kept
+nothing — the channel must then make the sender's platform deliver it again (a 5xx to a
+webhook, an unconfirmed update, no ``success`` to WeChat), and that redelivery works.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, Protocol
 
 from core.batch import holds_card_line
@@ -76,6 +83,11 @@ KEYWORD_COMMANDS = {
 _OPTION_NUMBER = re.compile(r"^\s*(\d{1,2})\s*[.)、。]?\s*$")
 
 
+def connection_trouble(exc: BaseException) -> bool:
+    """The default test for a failure worth a redelivery: the network or a timeout."""
+    return isinstance(exc, (OSError, TimeoutError))
+
+
 @dataclass(frozen=True)
 class Services:
     """What the conversation needs: the sale's ports plus the photo reader and storage."""
@@ -84,8 +96,25 @@ class Services:
     reader: CardReader
     uow_factory: UnitOfWorkFactory
     desk: DeskPolicy = field(default_factory=DeskPolicy)
-    # Set after a commit that queued notices, so this process delivers them at once.
-    notices_queued: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set after a commit that queued outbox messages, so this process delivers them at once.
+    outbox_queued: asyncio.Event = field(default_factory=asyncio.Event)
+    # Whether a failure is the infrastructure's (storage down, connection lost): then nothing
+    # was kept and the message should be delivered again (bot/app.py passes storage's test).
+    transient: Callable[[BaseException], bool] = connection_trouble
+
+
+class TurnKind(StrEnum):
+    HANDLED = "handled"  # the message took effect (or was refused); ``replies`` answer it
+    DUPLICATE = "duplicate"  # a redelivery of a message already handled: nothing happened
+    RETRY = "retry"  # the infrastructure failed; nothing was kept: deliver it again
+
+
+@dataclass(frozen=True)
+class Turn:
+    """What one inbound message came to."""
+
+    kind: TurnKind
+    replies: tuple[Reply, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -165,10 +194,27 @@ class Conversation:
         self.desk = desk
 
     async def handle(self, inbound: Inbound) -> list[Reply]:
-        """Process one inbound message; never raises, never leaks internals to the user."""
+        """Process one inbound message; never raises, never leaks internals to the user. (A
+        channel that can have a message delivered again uses :meth:`take`.)"""
+        turn = await self.take(inbound)
+        if turn.kind is TurnKind.RETRY:
+            t = Translator(resolve_language(inbound.language))
+            return [Reply(t("error.internal"))]
+        return list(turn.replies)
+
+    async def take(self, inbound: Inbound) -> Turn:
+        """Process one inbound message: what it came to (see :class:`Turn`); never raises."""
         try:
             return await self._handle(inbound)
         except Exception as exc:
+            if self.services.transient(exc):
+                log.warning(
+                    "inbound %s/%s: storage unavailable (%s); to be delivered again",
+                    inbound.channel,
+                    inbound.message_id,
+                    type(exc).__name__,
+                )
+                return Turn(TurnKind.RETRY)
             # Only ids and the exception type: payloads may hold secrets.
             log.error(
                 "inbound %s/%s failed: %s",
@@ -178,9 +224,9 @@ class Conversation:
                 exc_info=not isinstance(exc, ConcurrentUpdate),
             )
             t = Translator(resolve_language(inbound.language))
-            return [Reply(t("error.internal"))]
+            return Turn(TurnKind.HANDLED, (Reply(t("error.internal")),))
 
-    async def _handle(self, inbound: Inbound) -> list[Reply]:
+    async def _handle(self, inbound: Inbound) -> Turn:
         # Reading a photo is slow and needs no database: do it before the transaction opens,
         # so one person's photo never holds up anyone else.
         reading = await self._read_photo(inbound)
@@ -210,22 +256,20 @@ class Conversation:
                     type(exc).__name__,
                     exc_info=True,
                 )
-                return [
-                    *replies,
-                    Reply(Translator(resolve_language(inbound.language))("error.after_commit")),
-                ]
+                t = Translator(resolve_language(inbound.language))
+                return Turn(TurnKind.HANDLED, (*replies, Reply(t("error.after_commit"))))
             await apply_outcome(self.services, inbound.channel, inbound.user_id, after)
             replies.extend(after.replies)
-        return replies
+        return Turn(TurnKind.HANDLED, tuple(replies))
 
-    async def _transact(self, inbound: Inbound, reading: CardReading | None) -> Step | list[Reply]:
-        """The message's effect in one transaction: the committed step, or the final replies
-        (none for a redelivery; a refusal's)."""
+    async def _transact(self, inbound: Inbound, reading: CardReading | None) -> Step | Turn:
+        """The message's effect in one transaction: the committed step, or what the message
+        came to (a redelivery; a refusal and its replies)."""
         clock = self.services.sale.clock
         async with self.services.uow_factory() as uow:
             if not await uow.inbox.claim(inbound.channel, inbound.message_id, clock.now()):
                 log.info("inbound %s/%s is a redelivery", inbound.channel, inbound.message_id)
-                return []
+                return Turn(TurnKind.DUPLICATE)
             ctx = await self._context(uow, inbound)
             ctx.reading = reading
             before = ctx.step
@@ -395,7 +439,7 @@ class Conversation:
         step_name: str,
         refusal: UserError,
         holds_secret: bool = False,
-    ) -> list[Reply]:
+    ) -> Turn:
         """Answer a refusal; the only thing kept is that this message was handled."""
         await uow.inbox.claim(inbound.channel, inbound.message_id, self.services.sale.clock.now())
         ctx = await self._context(uow, inbound)
@@ -406,7 +450,7 @@ class Conversation:
         replies = (first, *await self.reprompt(ctx))
         await self._save(ctx, Step(ctx.step, replies))
         await uow.commit()
-        return list(replies)
+        return Turn(TurnKind.HANDLED, replies)
 
 
 async def apply_outcome(
@@ -416,36 +460,51 @@ async def apply_outcome(
     outcome: AfterCommit,
     only_for_order: int | None = None,
 ) -> None:
-    """Bring a conversation up to date after work done outside its transaction (settlement,
-    a late payout notice): the new step, data, and the options now on the user's screen.
-    With ``only_for_order``, a conversation busy with something else is left alone."""
+    """Bring a conversation up to date after work done outside its transaction (settlement):
+    the new step, data, and the options now on the user's screen. With ``only_for_order``, a
+    conversation busy with something else is left alone."""
     if outcome.to is None and outcome.data is None and not outcome.replies:
         return
     async with services.uow_factory() as uow:
-        state = await uow.conversations.get(channel, user_key, lock=True)
-        if state is None:
-            state = ConversationState(channel, user_key, START)
-        busy_elsewhere = (
-            only_for_order is not None
-            and state.step != START
-            and (state.data.get("order_id") != only_for_order)
-        )
-        if busy_elsewhere:
-            return
-        data = dict(state.data)
-        data.update(outcome.data or {})
-        options = _last_options(outcome.replies)
-        if options is not None:
-            data["_options"] = [o.id for o in options]
-        await uow.conversations.save(
-            replace(
-                state,
-                step=outcome.to or state.step,
-                data=data,
-                updated_at=services.sale.clock.now(),
-            )
+        await move_conversation(
+            uow,
+            services.sale.clock.now(),
+            channel,
+            user_key,
+            outcome,
+            only_for=None if only_for_order is None else ("order_id", only_for_order),
         )
         await uow.commit()
+
+
+async def move_conversation(
+    uow: UnitOfWork,
+    now: datetime,
+    channel: str,
+    user_key: str,
+    outcome: AfterCommit,
+    only_for: tuple[str, int | None] | None = None,
+) -> None:
+    """:func:`apply_outcome` inside an open unit of work (the one that recorded what the person
+    is told). With ``only_for`` (a data key and its value: the order or batch the outcome is
+    about), a conversation busy with something else is left alone."""
+    if outcome.to is None and outcome.data is None and not outcome.replies:
+        return
+    state = await uow.conversations.get(channel, user_key, lock=True)
+    if state is None:
+        state = ConversationState(channel, user_key, START)
+    if only_for is not None and state.step != START:
+        key, value = only_for
+        if state.data.get(key) != value:
+            return
+    data = dict(state.data)
+    data.update(outcome.data or {})
+    options = _last_options(outcome.replies)
+    if options is not None:
+        data["_options"] = [o.id for o in options]
+    await uow.conversations.save(
+        replace(state, step=outcome.to or state.step, data=data, updated_at=now)
+    )
 
 
 def _inbound_line(inbound: Inbound, sensitive: bool, catalog: Catalog | None = None) -> str:

@@ -28,7 +28,8 @@ from core.masking import mask_account, mask_card_number
 from core.messages import InputKind, Option, Reply
 from core.model import Batch, Card, Order, OrderStatus, PayoutMethod
 from core.money import yuan
-from core.ports import CardReading
+from core.ports import CardReading, UnitOfWork
+from core.sale import SaleDeps
 from handlers import render
 from handlers.engine import START, AfterCommit, Ctx, Flow, Services, Step, StepHandler
 from handlers.i18n import Translator
@@ -780,14 +781,43 @@ async def on_level2_choice(ctx: Ctx) -> Step:
 SETTLING = (OrderStatus.APPROVED, OrderStatus.REDEEMED, OrderStatus.PAYING, OrderStatus.SETTLED)
 
 
+# Where settlement ends: the person is told through the outbox, in the transaction that got
+# there (handlers/notify.py); the live conversation passes that on as its own answer.
+FINISHED = (OrderStatus.SETTLED, OrderStatus.PAYOUT_FAILED, OrderStatus.CANCELLED)
+
+
+async def _status_of(services: Services, order_id: int) -> OrderStatus:
+    async with services.uow_factory() as uow:
+        return (await uow.orders.get(order_id)).status
+
+
+async def _answer_after_settling(
+    channel: str, user_key: str, services: Services, outcome: AfterCommit, finished: bool
+) -> AfterCommit:
+    """What the person hears once settlement went as far as it can now. When it finished the
+    sale just now, the outcome is already in the outbox (written with it): this answer takes
+    it from there, so it is said exactly once — here, or by the channel's worker if that was
+    quicker. Otherwise (still on its way, or asked again later) the outcome as it stands."""
+    if not finished:
+        return outcome
+    async with services.uow_factory() as uow:
+        taken = await uow.outbox.take_undelivered(channel, user_key, services.sale.clock.now())
+        await uow.commit()
+    return AfterCommit(tuple(m.reply for m in taken))
+
+
 def _settle_step(ctx: Ctx, order: Order) -> Step:
     order_id = order.id
     assert order_id is not None
     services, t = ctx.services, ctx.t
+    channel, user_key = ctx.inbound.channel, ctx.inbound.user_id
 
     async def pay() -> AfterCommit:
-        after = await sale.settle(services.uow_factory, services.sale, order_id)
-        return await settlement_outcome(services, t, after)
+        before = await _status_of(services, order_id)
+        after = await sale.settle(services.uow_factory, services.sale, order_id, live=True)
+        finished = before not in FINISHED and after.status in FINISHED
+        outcome = AfterCommit() if finished else await settlement_outcome(services, t, after)
+        return await _answer_after_settling(channel, user_key, services, outcome, finished)
 
     # Confirming is done: until settlement answers, the confirm button is gone for good (a
     # second tap, or a tap racing the first, hears that the payout is under way).
@@ -809,14 +839,17 @@ def _retry_payout(ctx: Ctx, order: Order, account_id: int | None) -> Step:
     order_id = order.id
     assert order_id is not None and account_id is not None
     services, t = ctx.services, ctx.t
+    channel, user_key = ctx.inbound.channel, ctx.inbound.user_id
 
     async def pay_again() -> AfterCommit:
         async with services.uow_factory() as uow:
             account = await uow.payout_accounts.get(account_id)
         after = await sale.retry_failed_payout(
-            services.uow_factory, services.sale, order_id, account
+            services.uow_factory, services.sale, order_id, account, live=True
         )
-        return await settlement_outcome(services, t, after)
+        finished = after.status in FINISHED  # a new outcome of this attempt
+        outcome = AfterCommit() if finished else await settlement_outcome(services, t, after)
+        return await _answer_after_settling(channel, user_key, services, outcome, finished)
 
     return Step(
         AWAIT_SETTLEMENT,
@@ -827,19 +860,26 @@ def _retry_payout(ctx: Ctx, order: Order, account_id: int | None) -> Step:
 
 async def settlement_outcome(services: Services, t: Translator, order: Order) -> AfterCommit:
     """What the user hears once settlement has gone as far as it can for now."""
+    async with services.uow_factory() as uow:
+        return await settlement_outcome_in(uow, services.sale, t, order)
+
+
+async def settlement_outcome_in(
+    uow: UnitOfWork, deps: SaleDeps, t: Translator, order: Order
+) -> AfterCommit:
+    """:func:`settlement_outcome` inside an open unit of work (the settlement's own, when the
+    outcome is written to the outbox with its cause)."""
     assert order.id is not None
     if order.status is OrderStatus.SETTLED:
-        async with services.uow_factory() as uow:
-            receipt = await sale.receipt_for(uow, order.id)
-        text = render.receipt_text(t, services.sale.catalog, receipt)
+        receipt = await sale.receipt_for(uow, order.id)
+        text = render.receipt_text(t, deps.catalog, receipt)
         return AfterCommit(
             (Reply(t("pay.done", amount=yuan(order.payout_fen))), Reply(text), menu(t)),
             to=START,
             data=_cleared_data(),
         )
     if order.status is OrderStatus.PAYOUT_FAILED:
-        async with services.uow_factory() as uow:
-            payout = await uow.payouts.for_order(order.id)
+        payout = await uow.payouts.for_order(order.id)
         reason = render.payout_failure(t, payout.failure_reason if payout else None)
         methods = tuple(Option(f"method.{m.value}", t(f"method.{m.value}")) for m in PayoutMethod)
         return AfterCommit(
@@ -857,9 +897,8 @@ async def settlement_outcome(services: Services, t: Translator, order: Order) ->
             data=_cleared_data(),
         )
     if order.status is OrderStatus.PAYING:
-        async with services.uow_factory() as uow:
-            payout = await uow.payouts.for_order(order.id)
-        release = sale.payout_waits(services.sale, payout) if payout else None
+        payout = await uow.payouts.for_order(order.id)
+        release = sale.payout_waits(deps, payout) if payout else None
         if release is not None:
             text = t(
                 "pay.scheduled",
@@ -1162,14 +1201,28 @@ async def on_batch_payout_confirm(ctx: Ctx) -> Step:
 
 async def _batch_settle_step(ctx: Ctx, batch_id: int, notes: tuple[Reply, ...]) -> Step:
     services, t = ctx.services, ctx.t
+    channel, user_key = ctx.inbound.channel, ctx.inbound.user_id
     found = await ctx.uow.batches.get(batch_id)
 
+    async def under_way() -> bool:
+        async with services.uow_factory() as uow:
+            orders = await uow.orders.for_batch(batch_id)
+        return any(o.status in BATCH_UNDER_WAY for o in orders)
+
     async def pay() -> AfterCommit:
-        await batch.settle_batch(services.uow_factory, services.sale, batch_id)
-        return await batch_settlement_outcome(services, t, batch_id)
+        was_under_way = await under_way()
+        await batch.settle_batch(services.uow_factory, services.sale, batch_id, live=True)
+        finished = was_under_way and not await under_way()
+        outcome = (
+            AfterCommit() if finished else await batch_settlement_outcome(services, t, batch_id)
+        )
+        return await _answer_after_settling(channel, user_key, services, outcome, finished)
 
     sending = Reply(ctx.t("batch.sending", batch=found.number))
     return Step(AWAIT_SETTLEMENT, (*notes, sending), after_commit=pay)
+
+
+BATCH_UNDER_WAY = (OrderStatus.APPROVED, OrderStatus.REDEEMED, OrderStatus.PAYING)
 
 
 async def batch_settlement_outcome(
@@ -1178,13 +1231,19 @@ async def batch_settlement_outcome(
     """One receipt for the whole batch once settlement has gone as far as it can for now;
     when a payout failed, the user is asked for another account for it."""
     async with services.uow_factory() as uow:
-        receipt = await batch.batch_receipt(uow, batch_id)
-    text = render.batch_receipt_text(t, services.sale.catalog, receipt)
+        return await batch_settlement_outcome_in(uow, services.sale, t, batch_id)
+
+
+async def batch_settlement_outcome_in(
+    uow: UnitOfWork, deps: SaleDeps, t: Translator, batch_id: int
+) -> AfterCommit:
+    """:func:`batch_settlement_outcome` inside an open unit of work."""
+    receipt = await batch.batch_receipt(uow, batch_id)
+    text = render.batch_receipt_text(t, deps.catalog, receipt)
     replies = [Reply(text)]
     failed = [line for line in receipt.lines if line.status is OrderStatus.PAYOUT_FAILED]
     if failed:
-        async with services.uow_factory() as uow:
-            payout = await uow.payouts.for_order(failed[0].order_id)
+        payout = await uow.payouts.for_order(failed[0].order_id)
         reason = render.payout_failure(t, payout.failure_reason if payout else None)
         methods = tuple(Option(f"method.{m.value}", t(f"method.{m.value}")) for m in PayoutMethod)
         return AfterCommit(

@@ -290,3 +290,18 @@ class SqlAlchemyUnitOfWorkFactory:
     async def dispose(self) -> None:
         """Close every pooled connection."""
         await self.engine.dispose()
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failure is the database's or its connection's (down, unreachable, locked,
+    restarted, out of connections) rather than the program's: then nothing was kept and the
+    work may be done again. Integrity and programming errors are not transient."""
+    from sqlalchemy import exc as sa_exc
+
+    if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)):
+        return True
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, sa_exc.TimeoutError):  # no connection free in the pool in time
+        return True
+    return isinstance(exc, (OSError, TimeoutError))

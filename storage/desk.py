@@ -1,4 +1,4 @@
-"""Repositories of the desk: tickets and their lines, notices for delivery, granted roles."""
+"""Repositories of the desk: tickets and their lines, granted roles."""
 
 from __future__ import annotations
 
@@ -8,12 +8,10 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.messages import Option, Reply
 from core.model import Role
-from core.ports import Notice
 from core.tickets import Outcome, Priority, Reason, Ticket, TicketMessage, TicketStatus
 from storage.repositories import _utc, _utc_or_none
-from storage.tables import NoticeRow, RoleGrantRow, TicketMessageRow, TicketRow
+from storage.tables import RoleGrantRow, TicketMessageRow, TicketRow
 
 _ACTIVE = (TicketStatus.OPEN.value, TicketStatus.TAKEN.value)
 
@@ -138,76 +136,6 @@ class SqlAlchemyTicketRepository:
         return [TicketMessage(r.ticket_id, r.at, r.author, r.text, r.private) for r in rows]
 
 
-class SqlAlchemyNoticeRepository:
-    """Notices waiting for delivery; rows being delivered by another process are skipped."""
-
-    def __init__(self, session: AsyncSession) -> None:
-        self._session = session
-
-    async def add(self, channel: str, user_key: str, reply: Reply, at: datetime) -> None:
-        self._session.add(
-            NoticeRow(
-                channel=channel,
-                user_key=user_key,
-                text=reply.text,
-                options=[[o.id, o.label] for o in reply.options],
-                created_at=_utc(at),
-                not_before=_utc(at),
-                attempts=0,
-                sent_at=None,
-                last_error=None,
-            )
-        )
-        await self._session.flush()
-
-    async def claim(
-        self, channels: Sequence[str], now: datetime, until: datetime, limit: int
-    ) -> Sequence[Notice]:
-        rows = list(
-            await self._session.scalars(
-                select(NoticeRow)
-                .where(
-                    NoticeRow.sent_at.is_(None),
-                    NoticeRow.not_before <= _utc(now),
-                    NoticeRow.channel.in_(list(channels)),
-                )
-                .order_by(NoticeRow.id)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            )
-        )
-        for row in rows:
-            row.not_before = _utc(until)
-        await self._session.flush()
-        return [
-            Notice(
-                r.id,
-                r.channel,
-                r.user_key,
-                Reply(r.text, tuple(Option(str(i), str(label)) for i, label in r.options)),
-                r.attempts,
-            )
-            for r in rows
-        ]
-
-    async def mark_sent(self, notice_id: int, at: datetime, gave_up: str | None = None) -> None:
-        row = await self._session.get(NoticeRow, notice_id)
-        if row is not None:
-            row.sent_at = _utc(at)
-            row.attempts += 1
-            if gave_up is not None:
-                row.last_error = f"gave up: {gave_up}"[:128]
-            await self._session.flush()
-
-    async def retry_later(self, notice_id: int, not_before: datetime, error: str) -> None:
-        row = await self._session.get(NoticeRow, notice_id)
-        if row is not None:
-            row.attempts += 1
-            row.not_before = _utc(not_before)
-            row.last_error = error[:128]
-            await self._session.flush()
-
-
 class SqlAlchemyRoleGrantRepository:
     """Roles granted in chat (configured roles live in the settings, not here)."""
 
@@ -242,7 +170,6 @@ class SqlAlchemyRoleGrantRepository:
 
 
 __all__ = [
-    "SqlAlchemyNoticeRepository",
     "SqlAlchemyRoleGrantRepository",
     "SqlAlchemyTicketRepository",
 ]

@@ -39,7 +39,7 @@ from core.model import (
     RateTable,
     User,
 )
-from core.ports import CachedAccessToken, ContactWindow, OutboundMessage
+from core.ports import WECHAT_CUSTOM, CachedAccessToken, ContactWindow
 from storage.tables import (
     AuditEventRow,
     Base,
@@ -51,6 +51,7 @@ from storage.tables import (
     LedgerPostingRow,
     LedgerTransactionRow,
     OrderRow,
+    OutboxRow,
     PayoutAccountRow,
     PayoutRow,
     ProcessedInboundRow,
@@ -60,7 +61,6 @@ from storage.tables import (
     UserRow,
     WeChatAccessTokenRow,
     WeChatContactRow,
-    WeChatOutboxRow,
     metadata,
 )
 
@@ -1253,187 +1253,7 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 # WeChat channel: outbox, delivery windows, the shared access token
 
-WECHAT_OUTBOX: Table = metadata.tables[WeChatOutboxRow.__tablename__]
 WECHAT_CONTACTS: Table = metadata.tables[WeChatContactRow.__tablename__]
-_UNDELIVERED = ("pending", "held")
-
-
-def _outbound(row: Any) -> OutboundMessage:
-    return OutboundMessage(
-        openid=row.openid,
-        kind=row.kind,
-        text=row.text,
-        state=row.state,
-        created_at=row.created_at,
-        not_before=row.not_before,
-        attempts=row.attempts,
-        sent_at=row.sent_at,
-        via=row.via,
-        last_error=row.last_error,
-        id=row.id,
-    )
-
-
-class SqlAlchemyWeChatOutboxRepository(_Records[OutboundMessage, WeChatOutboxRow]):
-    """Claims are leases taken with a conditional UPDATE, so two processes never send the
-    same message; a process that dies mid-send loses its lease and another one sends."""
-
-    row_type, what = WeChatOutboxRow, "wechat outbox message"
-
-    def _record(self, row: WeChatOutboxRow) -> OutboundMessage:
-        return _outbound(row)
-
-    async def add(
-        self,
-        openid: str,
-        kind: str,
-        texts: Sequence[str],
-        at: datetime,
-        not_before: datetime | None = None,
-    ) -> Sequence[OutboundMessage]:
-        """Queue messages for a user (pending, due at ``not_before`` or now), in this order."""
-        rows = [
-            WeChatOutboxRow(
-                openid=openid,
-                kind=kind,
-                text=text,
-                state="pending",
-                attempts=0,
-                not_before=_utc(not_before or at),
-                created_at=_utc(at),
-            )
-            for text in texts
-        ]
-        for row in rows:  # one by one: ids follow the order of the texts
-            self._session.add(row)
-            await self._session.flush()
-        return [_outbound(row) for row in rows]
-
-    async def claim_due(
-        self, now: datetime, lease_until: datetime, limit: int
-    ) -> Sequence[OutboundMessage]:
-        """Lease the oldest undelivered message of each user when it is pending and due."""
-        now = _utc(now)
-        table = WECHAT_OUTBOX
-        earlier = table.alias("earlier")
-        free = (table.c.lease_until.is_(None)) | (table.c.lease_until < now)
-        candidates = await self._session.execute(
-            select(table.c.id)
-            .where(
-                table.c.state == "pending",
-                table.c.not_before <= now,
-                free,
-                ~select(earlier.c.id)
-                .where(
-                    earlier.c.openid == table.c.openid,
-                    earlier.c.state.in_(_UNDELIVERED),
-                    earlier.c.id < table.c.id,
-                )
-                .exists(),
-            )
-            .order_by(table.c.id)
-            .limit(limit)
-        )
-        claimed: list[OutboundMessage] = []
-        for (message_id,) in candidates.all():
-            result = await self._session.execute(
-                update(table)
-                .where(table.c.id == message_id, table.c.state == "pending", free)
-                .values(lease_until=_utc(lease_until), attempts=table.c.attempts + 1)
-                .returning(*table.c)
-            )
-            row = result.one_or_none()
-            if row is None:  # another process leased it between select and update
-                continue
-            head = _outbound(row)
-            # The same user's pending messages of the same kind right behind it go with it
-            # (they can be merged into one WeChat message); nobody else can claim them now.
-            boundary = await self._session.scalar(
-                select(func.min(table.c.id)).where(
-                    table.c.openid == head.openid,
-                    table.c.id > message_id,
-                    table.c.state.in_(_UNDELIVERED),
-                    (table.c.kind != head.kind)
-                    | (table.c.state != "pending")
-                    | (table.c.not_before > now)
-                    | ~free,
-                )
-            )
-            followers = await self._session.execute(
-                update(table)
-                .where(
-                    table.c.openid == head.openid,
-                    table.c.kind == head.kind,
-                    table.c.state == "pending",
-                    table.c.id > message_id,
-                    table.c.id < (boundary if boundary is not None else 2**62),
-                    table.c.not_before <= now,
-                    free,
-                )
-                .values(lease_until=_utc(lease_until), attempts=table.c.attempts + 1)
-                .returning(*table.c)
-            )
-            claimed += [head, *sorted(map(_outbound, followers), key=lambda m: m.id or 0)]
-        return claimed
-
-    async def _set(self, message_id: int, **values: Any) -> None:
-        await self._session.execute(
-            update(WECHAT_OUTBOX).where(WECHAT_OUTBOX.c.id == message_id).values(**values)
-        )
-
-    async def mark_sent(self, message_id: int, via: str, at: datetime) -> None:
-        """A leased message was delivered."""
-        await self._set(
-            message_id, state="sent", via=via, sent_at=_utc(at), lease_until=None, last_error=None
-        )
-
-    async def hold(self, message_id: int, reason: str) -> None:
-        """Keep the message for the user's next message."""
-        await self._set(message_id, state="held", lease_until=None, last_error=reason[:128])
-
-    async def retry_later(self, message_id: int, not_before: datetime, reason: str) -> None:
-        """Release the lease; try again from ``not_before``."""
-        await self._set(
-            message_id,
-            not_before=_utc(not_before),
-            lease_until=None,
-            last_error=reason[:128] or None,
-        )
-
-    async def take_undelivered(self, openid: str, at: datetime) -> Sequence[OutboundMessage]:
-        """Held or pending, unleased messages of a user, oldest first, now marked sent."""
-        at = _utc(at)
-        table = WECHAT_OUTBOX
-        result = await self._session.execute(
-            update(table)
-            .where(
-                table.c.openid == openid,
-                table.c.state.in_(_UNDELIVERED),
-                (table.c.lease_until.is_(None)) | (table.c.lease_until < at),
-            )
-            .values(state="sent", via="passive", sent_at=at, lease_until=None)
-            .returning(*table.c)
-        )
-        return sorted((_outbound(row) for row in result), key=lambda m: m.id or 0)
-
-    async def for_openid(self, openid: str) -> Sequence[OutboundMessage]:
-        """A user's messages, oldest first."""
-        result = await self._session.execute(
-            select(WECHAT_OUTBOX)
-            .where(WECHAT_OUTBOX.c.openid == openid)
-            .order_by(WECHAT_OUTBOX.c.id)
-        )
-        return [_outbound(row) for row in result]
-
-
-def _contact(row: Any) -> ContactWindow:
-    return ContactWindow(
-        openid=row.openid,
-        last_message_at=row.last_message_at,
-        message_sends=row.message_sends,
-        last_event_at=row.last_event_at,
-        event_sends=row.event_sends,
-    )
 
 
 class SqlAlchemyWeChatContactRepository:
@@ -1441,48 +1261,51 @@ class SqlAlchemyWeChatContactRepository:
         self._session = session
 
     async def get(self, openid: str) -> ContactWindow | None:
-        """A user's delivery window, or None before their first message."""
+        """A user's delivery window, or None before their first message: the stored times of
+        their last message and click, and the customer-service messages sent since each
+        (counted in the outbox, whichever code path sent them)."""
         result = await self._session.execute(
             select(WECHAT_CONTACTS).where(WECHAT_CONTACTS.c.openid == openid)
         )
         row = result.one_or_none()
-        return None if row is None else _contact(row)
+        if row is None:
+            return None
+
+        async def since(at: datetime | None) -> int:
+            if at is None:
+                return 0
+            return int(
+                await self._session.scalar(
+                    select(func.count())
+                    .select_from(OutboxRow)
+                    .where(
+                        OutboxRow.channel == "wechat",
+                        OutboxRow.recipient == openid,
+                        OutboxRow.state == "sent",
+                        OutboxRow.via == WECHAT_CUSTOM,
+                        OutboxRow.sent_at >= at,
+                    )
+                )
+                or 0
+            )
+
+        return ContactWindow(
+            openid=row.openid,
+            last_message_at=row.last_message_at,
+            message_sends=await since(row.last_message_at),
+            last_event_at=row.last_event_at,
+            event_sends=await since(row.last_event_at),
+        )
 
     async def touch(self, openid: str, at: datetime, by_message: bool) -> None:
         """A new window opens at ``at`` (a message: 48 h; a click or follow: a minute)."""
         at = _utc(at)
         await self._session.execute(
-            _insert_or_ignore(
-                self._session,
-                WECHAT_CONTACTS,
-                {"openid": openid, "message_sends": 0, "event_sends": 0},
-                ["openid"],
-            )
+            _insert_or_ignore(self._session, WECHAT_CONTACTS, {"openid": openid}, ["openid"])
         )
-        values = (
-            {"last_message_at": at, "message_sends": 0}
-            if by_message
-            else {"last_event_at": at, "event_sends": 0}
-        )
+        column = "last_message_at" if by_message else "last_event_at"
         await self._session.execute(
-            update(WECHAT_CONTACTS).where(WECHAT_CONTACTS.c.openid == openid).values(**values)
-        )
-
-    async def record_send(self, openid: str, window: str) -> None:
-        """One more customer-service message in the ``message`` or ``event`` window."""
-        column = {"message": "message_sends", "event": "event_sends"}[window]
-        await self._session.execute(
-            update(WECHAT_CONTACTS)
-            .where(WECHAT_CONTACTS.c.openid == openid)
-            .values({column: WECHAT_CONTACTS.c[column] + 1})
-        )
-
-    async def exhaust(self, openid: str, message_quota: int, event_quota: int) -> None:
-        """Count both windows as used up (WeChat refused for time or count)."""
-        await self._session.execute(
-            update(WECHAT_CONTACTS)
-            .where(WECHAT_CONTACTS.c.openid == openid)
-            .values(message_sends=message_quota, event_sends=event_quota)
+            update(WECHAT_CONTACTS).where(WECHAT_CONTACTS.c.openid == openid).values({column: at})
         )
 
     async def language(self, openid: str) -> str | None:
@@ -1545,7 +1368,6 @@ class SqlAlchemyWeChatTokenRepository:
 
 __all__ += [
     "SqlAlchemyWeChatContactRepository",
-    "SqlAlchemyWeChatOutboxRepository",
     "SqlAlchemyWeChatTokenRepository",
 ]
 

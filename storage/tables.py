@@ -368,43 +368,15 @@ metadata = Base.metadata
 # WeChat channel (bot/wechat/): what the channel must remember across processes and restarts.
 
 
-class WeChatOutboxRow(Base):
-    """Messages to a WeChat user that are not a passive reply (a reply that missed WeChat's
-    5 s window, the overflow of a long reply, a notification), delivered per user in id order.
-    ``state``: ``pending`` (to send), ``held`` (WeChat would not take it now: kept for the
-    user's next message), ``sent``. Texts are what the user reads: masked values only."""
-
-    __tablename__ = "wechat_outbox"
-    __table_args__ = (
-        Index("ix_wechat_outbox_openid_state_id", "openid", "state", "id"),
-        Index("ix_wechat_outbox_state_not_before", "state", "not_before"),
-    )
-
-    id: Mapped[int] = mapped_column(IdType, primary_key=True)
-    openid: Mapped[str] = mapped_column(String(128))
-    kind: Mapped[str] = mapped_column(String(16))
-    text: Mapped[str] = mapped_column(Text)
-    state: Mapped[str] = mapped_column(String(16))
-    attempts: Mapped[int] = mapped_column(Integer)
-    not_before: Mapped[datetime]
-    lease_until: Mapped[datetime | None]
-    created_at: Mapped[datetime]
-    sent_at: Mapped[datetime | None]
-    via: Mapped[str | None] = mapped_column(String(16))
-    last_error: Mapped[str | None] = mapped_column(String(128))
-
-
 class WeChatContactRow(Base):
-    """When a user last wrote (or clicked/followed) and how many customer-service messages
-    were sent since: WeChat's customer-service quota is counted from these."""
+    """When a user last wrote (or clicked/followed): WeChat's customer-service quota is worked
+    out from these times and the outbox's messages sent since."""
 
     __tablename__ = "wechat_contacts"
 
     openid: Mapped[str] = mapped_column(String(128), primary_key=True)
     last_message_at: Mapped[datetime | None]
-    message_sends: Mapped[int] = mapped_column(Integer)
     last_event_at: Mapped[datetime | None]
-    event_sends: Mapped[int] = mapped_column(Integer)
 
 
 class WeChatAccessTokenRow(Base):
@@ -451,8 +423,8 @@ class BatchRow(Base):
 
 
 # --------------------------------------------------------------------------------------------
-# The desk (handlers/desk.py): support tickets, what staff and users said in them, notices
-# waiting for delivery to any channel, and roles granted in chat.
+# The desk (handlers/desk.py): support tickets, what staff and users said in them, and roles
+# granted in chat; the outbox every process delivers from; settlement claims.
 
 
 class TicketRow(Base):
@@ -496,23 +468,44 @@ class TicketMessageRow(Base):
     private: Mapped[bool]
 
 
-class NoticeRow(Base):
-    """A message to someone other than the sender of the message being handled (a relay, a
-    staff alert), written in the same transaction as its cause and delivered by the runtime."""
+class OutboxRow(Base):
+    """Everything said to a person that is not the direct reply to their own message (a payout
+    outcome, a review decision, a relay, an alert, a WeChat answer that missed its window),
+    written in the same transaction as its cause and delivered per recipient in id order by
+    the process that serves ``channel``. ``state``: pending, held, sent, failed. Texts are what
+    the person reads: masked values only."""
 
-    __tablename__ = "notices"
-    __table_args__ = (Index("ix_notices_sent_at_not_before", "sent_at", "not_before"),)
+    __tablename__ = "outbox"
+    __table_args__ = (
+        Index("ix_outbox_channel_recipient_state_id", "channel", "recipient", "state", "id"),
+        Index("ix_outbox_channel_state_not_before", "channel", "state", "not_before"),
+    )
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True)
     channel: Mapped[str] = mapped_column(String(16))
-    user_key: Mapped[str] = mapped_column(String(128))
+    recipient: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(16))
     text: Mapped[str] = mapped_column(Text)
     options: Mapped[list[Any]]
-    created_at: Mapped[datetime]
-    not_before: Mapped[datetime]
+    state: Mapped[str] = mapped_column(String(16))
     attempts: Mapped[int] = mapped_column(Integer)
+    not_before: Mapped[datetime]
+    lease_until: Mapped[datetime | None]
+    created_at: Mapped[datetime]
     sent_at: Mapped[datetime | None]
+    via: Mapped[str | None] = mapped_column(String(16))
     last_error: Mapped[str | None] = mapped_column(String(128))
+
+
+class OrderClaimRow(Base):
+    """Who settles an order now (a process's id) and until when: resuming is only for orders
+    nobody holds, so a payout in flight is never requested a second time."""
+
+    __tablename__ = "order_claims"
+
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    until: Mapped[datetime]
 
 
 class RoleGrantRow(Base):

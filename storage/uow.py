@@ -15,8 +15,9 @@ from core.ports import (
     ConversationRepository,
     InboxRepository,
     LedgerRepository,
-    NoticeRepository,
+    OrderClaimRepository,
     OrderRepository,
+    OutboxRepository,
     PayoutAccountRepository,
     PayoutRepository,
     QuoteRepository,
@@ -26,15 +27,14 @@ from core.ports import (
     TicketRepository,
     UserRepository,
     WeChatContactRepository,
-    WeChatOutboxRepository,
     WeChatPushStampRepository,
     WeChatTokenRepository,
 )
 from storage.desk import (
-    SqlAlchemyNoticeRepository,
     SqlAlchemyRoleGrantRepository,
     SqlAlchemyTicketRepository,
 )
+from storage.outbox import SqlAlchemyOrderClaimRepository, SqlAlchemyOutboxRepository
 from storage.repositories import (
     SqlAlchemyAuditRepository,
     SqlAlchemyBatchRepository,
@@ -53,7 +53,6 @@ from storage.repositories import (
     SqlAlchemySubscriptionRepository,
     SqlAlchemyUserRepository,
     SqlAlchemyWeChatContactRepository,
-    SqlAlchemyWeChatOutboxRepository,
     SqlAlchemyWeChatTokenRepository,
 )
 from storage.wechat_stamps import SqlAlchemyWeChatPushStampRepository
@@ -77,9 +76,9 @@ class SqlAlchemyUnitOfWork:
     risk_list: RiskListRepository
     rates: RateTableRepository
     tickets: TicketRepository
-    notices: NoticeRepository
+    outbox: OutboxRepository
+    order_claims: OrderClaimRepository
     role_grants: RoleGrantRepository
-    wechat_outbox: WeChatOutboxRepository
     wechat_contacts: WeChatContactRepository
     wechat_tokens: WeChatTokenRepository
     wechat_push_stamps: WeChatPushStampRepository
@@ -109,9 +108,9 @@ class SqlAlchemyUnitOfWork:
         self.risk_list = SqlAlchemyRiskListRepository(session)
         self.rates = SqlAlchemyRateTableRepository(session)
         self.tickets = SqlAlchemyTicketRepository(session)
-        self.notices = SqlAlchemyNoticeRepository(session)
+        self.outbox = SqlAlchemyOutboxRepository(session)
+        self.order_claims = SqlAlchemyOrderClaimRepository(session)
         self.role_grants = SqlAlchemyRoleGrantRepository(session)
-        self.wechat_outbox = SqlAlchemyWeChatOutboxRepository(session)
         self.wechat_contacts = SqlAlchemyWeChatContactRepository(session)
         self.wechat_tokens = SqlAlchemyWeChatTokenRepository(session)
         self.wechat_push_stamps = SqlAlchemyWeChatPushStampRepository(session)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from bot.outbox import Delivered, Handed
+from core.messages import Reply
 from core.model import PayoutState
-from core.ports import PayoutRequest, PayoutResult
+from core.ports import OutboxMessage, PayoutRequest, PayoutResult
+from handlers.engine import Services
 
 
 class FakeClock:
@@ -122,3 +126,62 @@ class MisreportingIssuer:
         self, brand: str, number: str, secret: str | None, amount_fen: int, reference: str
     ) -> Any:
         return await self.inner.redeem(brand, number, secret, amount_fen, reference)
+
+
+# --------------------------------------------------------------------------------------------
+# The outbox, delivered in tests
+
+
+class RecordingCourier:
+    """A courier for one channel that hands each outbox message to ``notify`` (channel,
+    recipient, reply) — what a person on that channel would see."""
+
+    def __init__(
+        self, channel: str, notify: Callable[[str, str, Reply], Awaitable[None] | None]
+    ) -> None:
+        self.channel = channel
+        self._notify = notify
+
+    async def deliver(self, recipient: str, messages: Sequence[OutboxMessage]) -> Handed:
+        for message in messages:
+            done = self._notify(self.channel, recipient, message.reply)
+            if done is not None:
+                await done
+        return Handed(len(messages), Delivered("test"))
+
+
+async def deliver_outbox(
+    services: Services,
+    told: Any,
+    channels: Sequence[str] = ("console", "telegram", "wechat"),
+) -> int:
+    """Deliver every due outbox message of ``channels`` to ``told``: an object with an async
+    ``notify(channel, user_key, reply)``, or a callable taking each message's console text."""
+    from bot.console import render_reply
+    from bot.outbox import OutboxWorker
+
+    if hasattr(told, "notify"):
+        notify = told.notify
+    else:
+
+        def notify(channel: str, user_key: str, reply: Reply) -> None:
+            told(render_reply(reply))
+
+    count = 0
+    for channel in channels:
+        worker = OutboxWorker(
+            services.uow_factory, RecordingCourier(channel, notify), services.sale.clock
+        )
+        while n := await worker.deliver_due():
+            count += n
+    return count
+
+
+async def finish_and_tell(services: Services, told: Any) -> int:
+    """The runtime's background pass (resume what nobody is settling, announce decisions), then
+    what it queued in the outbox delivered to ``told`` (see :func:`deliver_outbox`)."""
+    from handlers.notify import finish_unfinished
+
+    changed = await finish_unfinished(services)
+    await deliver_outbox(services, told)
+    return changed

@@ -10,6 +10,8 @@ transaction as its effect (keys: :mod:`bot.telegram.inbound`). Polling confirms 
 getUpdates (the next call's ``offset``) only after every update in it has been handled, so a
 crash anywhere before that redelivers the batch and the redelivery does nothing. The webhook
 answers 2xx only after handling; an error answers 500 so Telegram retries, equally harmlessly.
+When the storage fails (nothing was kept), the webhook answers 503 and polling leaves the batch
+unconfirmed and fetches it again after a pause, so the message is handled once it is back.
 """
 
 from __future__ import annotations
@@ -41,10 +43,10 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from bot.runtime import ChannelConfigError
-from bot.telegram.adapter import TelegramAdapter
+from bot.telegram.adapter import RedeliverLater, TelegramAdapter
 from bot.telegram.inbound import out_of_bounds
 from bot.telegram.limiter import CallKind, FlowControl
-from bot.telegram.outbound import TelegramNotifier, TelegramSender
+from bot.telegram.outbound import TelegramCourier, TelegramSender
 from bot.telegram.roles import Roles
 from handlers.i18n import DEFAULT_LANGUAGE, LANGUAGES, Translator
 
@@ -60,6 +62,7 @@ SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 ALLOWED_UPDATES = ["message", "edited_message", "callback_query", "my_chat_member"]
 COMMANDS = ("start", "sell", "prices", "orders", "help", "human", "cancel")
 POLL_TIMEOUT_SECONDS = 25
+REDELIVER_PAUSE_SECONDS = 1.0
 _SECRET_FORMAT = re.compile(r"[A-Za-z0-9_-]{1,256}")
 
 
@@ -98,10 +101,12 @@ class TelegramRunner:
         self.bot = bot
         self.adapter = adapter
         self.sender = sender
-        self.notifier = TelegramNotifier(sender)
+        self.courier = TelegramCourier(sender)
         self.webhook_url = webhook_url
         self.webhook_secret = webhook_secret
         self.poll_timeout = poll_timeout
+        self.redeliver_pause = REDELIVER_PAUSE_SECONDS
+        self.redeliveries = 0  # batches left unconfirmed for storage trouble
 
     # -- ChannelRunner ------------------------------------------------------------------------
 
@@ -143,6 +148,9 @@ class TelegramRunner:
             return web.Response(status=400, text=f"not a Telegram update ({too_big})")
         try:
             await self.adapter.handle_update(update)
+        except RedeliverLater:
+            log.warning("telegram update %s: storage unavailable; 503", update.update_id)
+            return web.Response(status=503, text="try again")
         except Exception:
             log.exception("telegram update %s failed", update.update_id)
             return web.Response(status=500, text="failed")
@@ -175,7 +183,16 @@ class TelegramRunner:
                 continue
             failures = 0
             ids = [item["update_id"] for item in raw if isinstance(item.get("update_id"), int)]
-            await self.handle_raw(raw)
+            try:
+                await self.handle_raw(raw)
+            except RedeliverLater as exc:
+                # Storage trouble: nothing of those updates was kept. Leave the batch
+                # unconfirmed and fetch it again after a pause (what was handled is deduped).
+                self.redeliveries += 1
+                log.warning("telegram batch left unconfirmed: %s", exc)
+                with contextlib.suppress(_Stopped):
+                    await _unless_stopped(asyncio.sleep(self.redeliver_pause), stop)
+                continue
             if ids:
                 offset = max(ids) + 1
         if offset is not None:

@@ -13,7 +13,10 @@ What each kind of update does:
   ignored on purpose (logged by id);
 - edited messages → a reply that edits are not read (the original was already handled);
 - a button press → the conversation (an option from an old keyboard is refused there); the
-  query is always answered, with the refusal as its toast; the pressed keyboard is removed;
+  query is always answered, with the refusal as its toast; the pressed keyboard is removed —
+  also when the press is a redelivery of one already handled (after a restart);
+- the storage failing while a message is handled → :class:`RedeliverLater`: the webhook
+  answers 5xx and polling leaves the batch unconfirmed, so Telegram delivers it again;
 - ``my_chat_member`` → the user is (un)reachable when they block (unblock) the bot;
 - a reply marked ``delete_inbound`` (it carried a card secret, an ID or account number) →
   the user's message is deleted and the reply says so (or asks them to delete it themselves).
@@ -54,7 +57,7 @@ from bot.telegram.roles import Roles
 from core.messages import Inbound, Reply
 from core.model import Role
 from core.ports import UnitOfWorkFactory
-from handlers.engine import Conversation
+from handlers.engine import Conversation, TurnKind
 from handlers.i18n import Translator, resolve_language
 
 log = logging.getLogger(__name__)
@@ -88,6 +91,11 @@ UNSUPPORTED = frozenset(
 
 class _TooLarge(Exception):
     """The file is over the 20 MB the Bot API lets a bot download."""
+
+
+class RedeliverLater(Exception):
+    """Handling failed in the infrastructure (nothing was kept): Telegram must deliver the
+    update again — the webhook answers 5xx, polling does not confirm the batch."""
 
 
 def build_router(adapter: TelegramAdapter) -> Router:
@@ -158,16 +166,24 @@ class TelegramAdapter:
         for update in sorted(updates, key=lambda u: u.update_id):
             by_chat[chat_of(update)].append(update)
 
+        again: list[int] = []
+
         async def chat_in_order(chat_updates: list[Update]) -> None:
             async with self._slots:
-                for update in chat_updates:
+                for n, update in enumerate(chat_updates):
                     try:
                         await self.handle_update(update)
+                    except RedeliverLater:
+                        # This chat's later updates wait for it: they come again with it.
+                        again.extend(u.update_id for u in chat_updates[n:])
+                        return
                     except Exception:
                         # Not redelivered (the batch is confirmed): logged by id, never silent.
                         log.exception("telegram update %s failed", update.update_id)
 
         await asyncio.gather(*(chat_in_order(u) for u in by_chat.values()))
+        if again:
+            raise RedeliverLater(f"updates {min(again)}…{max(again)} to be delivered again")
 
     @contextlib.asynccontextmanager
     async def _chat_lock(self, chat: int | None) -> AsyncIterator[None]:
@@ -216,8 +232,10 @@ class TelegramAdapter:
             else:
                 log.info("telegram message %s (%s) ignored", base.message_id, message.content_type)
             return
-        replies = await self.conversation.handle(inbound)
-        await self._deliver(chat_id, message.message_id, t, replies)
+        turn = await self.conversation.take(inbound)
+        if turn.kind is TurnKind.RETRY:
+            raise RedeliverLater(base.message_id)
+        await self._deliver(chat_id, message.message_id, t, turn.replies)
 
     async def on_edited_message(self, message: Message) -> None:
         user = message.from_user
@@ -248,18 +266,25 @@ class TelegramAdapter:
             language=user.language_code,
             option=option,
         )
-        handling = asyncio.create_task(self.conversation.handle(inbound))
+        handling = asyncio.create_task(self.conversation.take(inbound))
         done, _ = await asyncio.wait({handling}, timeout=ANSWER_WITHIN_SECONDS)
         toast = None
         if handling in done:
+            if handling.result().kind is TurnKind.RETRY:
+                raise RedeliverLater(inbound.message_id)  # answered when it comes again
             refusals = {t("error.option_gone"), t("error.no_such_option")}
-            toast = next((r.text for r in handling.result()[:1] if r.text in refusals), None)
+            toast = next(
+                (r.text for r in handling.result().replies[:1] if r.text in refusals), None
+            )
         await self.sender.answer_callback(query.id, toast)
-        replies = await handling
-        if replies and isinstance(message, Message) and message.reply_markup is not None:
-            # The choice is made (or refused): its buttons should not be pressed again.
+        turn = await handling
+        if turn.kind is TurnKind.RETRY:
+            raise RedeliverLater(inbound.message_id)
+        if isinstance(message, Message) and message.reply_markup is not None:
+            # The choice is made (or refused, or was made before a restart and is pressed
+            # again): its buttons should not be pressed again.
             await self.sender.remove_keyboard(chat_id, message.message_id)
-        await self._deliver(chat_id, None, t, replies)
+        await self._deliver(chat_id, None, t, turn.replies)
 
     async def on_my_chat_member(self, event: ChatMemberUpdated) -> None:
         status = event.new_chat_member.status

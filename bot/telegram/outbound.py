@@ -45,10 +45,11 @@ from aiogram.types import (
     Message,
 )
 
+from bot.outbox import Delivered, Handed, Retry, Undeliverable
 from bot.telegram.inbound import encode_option
 from bot.telegram.limiter import CallKind, FlowControl
 from core.messages import Channel, Option, Reply
-from core.ports import UnitOfWorkFactory
+from core.ports import OutboxMessage, UnitOfWorkFactory
 
 log = logging.getLogger(__name__)
 
@@ -242,11 +243,22 @@ class TelegramSender:
         )
 
 
-class TelegramNotifier:
-    """The Notifier port on Telegram: a user's private chat id is their user id."""
+class TelegramCourier:
+    """Sends outbox messages on Telegram (a user's private chat id is their user id): a
+    recipient's leased messages merged like the replies to one message."""
+
+    channel = CHANNEL
 
     def __init__(self, sender: TelegramSender) -> None:
         self.sender = sender
 
-    async def notify(self, channel: str, user_key: str, reply: Reply) -> None:
-        await self.sender.send_reply(int(user_key), reply)
+    async def deliver(self, recipient: str, messages: Sequence[OutboxMessage]) -> Handed:
+        try:
+            chat_id = int(recipient)
+        except ValueError:
+            return Handed(len(messages), Undeliverable(f"not a chat id: {recipient[:32]!r}"))
+        for reply in merge_replies([m.reply for m in messages]):
+            if not await self.sender.send_reply(chat_id, reply):
+                # Blocked, gone, or Telegram kept failing: the worker tries again later.
+                return Handed(len(messages), Retry("not delivered"))
+        return Handed(len(messages), Delivered("message"))

@@ -32,17 +32,26 @@ message. So:
    more (the deadline passed; the request answered ``success``), to the outbox, from which it is
    sent as customer-service messages. Handing over and timing out cannot both happen.
 4. **Durable outbound.** Anything that is not a passive reply — an answer that missed the
-   window, the continuation of an answer longer than one WeChat message, a notification — is a
-   row in ``wechat_outbox`` first and is sent from there (``delivery.Outbox``) in order per
+   window, the continuation of an answer longer than one WeChat message, a notice — is a row
+   in the one outbox first (``core.ports.OutboxRepository``) and is sent from there by the
+   WeChat worker (``bot.outbox.OutboxWorker`` with ``delivery.WeChatCourier``) in order per
    user, leased so that one process sends each row. Notifications use the template message
    ``WECHAT_TEMPLATE_ID`` when configured (text in the data field ``WECHAT_TEMPLATE_FIELD``),
    else customer service.
 5. **The customer-service quota** (5 messages within 48 h of the user's last message; 3 within a
-   minute of a click or follow) is counted in ``wechat_contacts``. A message outside it (or
-   refused by WeChat with 45015/45047) is *held*; **held messages are prepended** to the
-   passive reply to the user's next message (under a short header), since that reply is the one
-   message WeChat always lets through; what does not fit in one message follows by customer
-   service, now that the user's message reopened the window.
+   minute of a click or follow) is worked out from the stored times of the user's last message
+   and click (``wechat_contacts``) and the customer-service messages sent since (the outbox).
+   A message outside it (or refused by WeChat with 45015/45047) is *held*; **held messages are
+   prepended** to the passive reply to the user's next message (under a short header), since
+   that reply is the one message WeChat always lets through; what does not fit in one message
+   follows by customer service, now that the user's message reopened the window. Every message
+   the conversation handles reopens the window — also one that gets no answer (a user writing
+   while staff hold their ticket): the engine says what a message came to, so a redelivery is
+   never mistaken for a message without replies.
+6. **Storage trouble is not an answer.** When the database fails while a push is handled
+   (nothing was kept), the push is answered 503 and not remembered, so WeChat's retry handles
+   it again. (A failure after the 4 s deadline, when ``success`` has been said, cannot be
+   retried by WeChat: that message is lost to the log.)
 
 Who may push
 ------------
@@ -68,7 +77,7 @@ import aiohttp
 
 from bot.runtime import ChannelConfigError, RunOptions
 from bot.wechat.api import DatabaseTokenStore, RedisTokenStore, TokenStore, WeChatApi
-from bot.wechat.delivery import Outbox, WeChatNotifier
+from bot.wechat.delivery import WeChatCourier, WeChatOutbox
 from bot.wechat.protocol import Mode, PushSecurity
 from bot.wechat.replay import DatabaseReplayStore, RedisReplayStore, ReplayStore
 from bot.wechat.service import PushService
@@ -167,14 +176,13 @@ class WeChatRunner:
     def __init__(
         self,
         service: PushService,
-        outbox: Outbox,
+        courier: WeChatCourier,
         session: aiohttp.ClientSession,
         store: TokenStore,
         replays: ReplayStore | None = None,
     ) -> None:
         self.service = service
-        self.outbox = outbox
-        self.notifier = WeChatNotifier(outbox)
+        self.courier = courier
         self._session = session
         self._store = store
         self._replays = replays
@@ -183,10 +191,10 @@ class WeChatRunner:
         return self.service.routes()
 
     async def serve(self, stop: asyncio.Event) -> None:
-        """Deliver the outbox until ``stop``; then let pushes in hand finish."""
-        await self.outbox.run(stop)
+        """Wait for ``stop``; then let pushes in hand finish (their answers are queued in the
+        outbox, which the runtime's WeChat worker delivers)."""
+        await stop.wait()
         await self.service.drain(DRAIN_SECONDS)
-        await self.outbox.deliver_due()
 
     async def aclose(self) -> None:
         await self._session.close()
@@ -221,13 +229,14 @@ async def build_runner(app: App, options: RunOptions) -> WeChatRunner:
         clock,
         timeout=settings.wechat_api_timeout_seconds,
     )
-    outbox = Outbox(
+    courier = WeChatCourier(
         app.uow_factory,
         api,
         clock,
         template_id=settings.wechat_template_id,
         template_field=settings.wechat_template_field,
     )
+    outbox = WeChatOutbox(app.uow_factory, clock, app.services.outbox_queued)
     service = PushService(
         security,
         app.conversation,
@@ -245,4 +254,4 @@ async def build_runner(app: App, options: RunOptions) -> WeChatRunner:
         options.port,
         api.base,
     )
-    return WeChatRunner(service, outbox, session, store, replays)
+    return WeChatRunner(service, courier, session, store, replays)

@@ -1,15 +1,18 @@
 """Everything said to a WeChat user that is not a passive reply goes through the outbox
-(``wechat_outbox``) and leaves from here: answers that missed the 5-second window, the overflow
-of a long answer, notifications outside a conversation.
+(``core.ports.OutboxRepository``, delivered by :class:`bot.outbox.OutboxWorker`) and leaves
+through :class:`WeChatCourier`: answers that missed the 5-second window, the overflow of a long
+answer, notices outside a conversation (outcomes, decisions, relays).
 
-- Per user, messages leave in order, one at a time (a message waits while an earlier one is
-  undelivered); several processes share the work through leases on the rows.
+- Per user, messages leave in order (a message waits while an earlier one is undelivered);
+  several processes share the work through leases on the rows.
 - Notifications go as a template message when ``WECHAT_TEMPLATE_ID`` is set; otherwise — and
   when the template is refused — like replies, as customer-service (客服) messages.
-- Customer-service messages respect WeChat's quota (see :func:`open_window`): outside it the
-  message is *held* and goes out with the user's next message (prepended to its passive reply).
-  WeChat's own refusals for time or count (45015, 45047) hold it too; any other refusal holds
-  it as well (it is never dropped); network trouble and "system busy" retry with back-off.
+- Customer-service messages respect WeChat's quota (see :func:`open_window`), worked out from
+  the stored time of the user's last message and the customer-service messages the outbox
+  sent since: outside it the message is *held* and goes out with the user's next message
+  (prepended to its passive reply). WeChat's own refusals for time or count (45015, 45047) hold
+  it too; any other refusal holds it as well (it is never dropped); network trouble and
+  "system busy" retry with back-off.
 """
 
 from __future__ import annotations
@@ -20,10 +23,18 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Literal
 
+from bot.outbox import Delivered, Handed, Held, Retry
 from bot.wechat.api import WeChatApi, WeChatApiError, WeChatUnavailable
 from bot.wechat.protocol import MAX_TEXT_BYTES, render_texts
-from core.messages import Reply
-from core.ports import Clock, ContactWindow, OutboundMessage, WeChatUnitOfWorkFactory
+from core.messages import Channel, Reply
+from core.ports import (
+    WECHAT_CUSTOM,
+    Clock,
+    ContactWindow,
+    OutboxKind,
+    OutboxMessage,
+    WeChatUnitOfWorkFactory,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +43,8 @@ log = logging.getLogger(__name__)
 MESSAGE_WINDOW, MESSAGE_QUOTA = timedelta(hours=48), 5
 EVENT_WINDOW, EVENT_QUOTA = timedelta(minutes=1), 3
 OUT_OF_WINDOW = frozenset({45015, 45047})
-LEASE = timedelta(seconds=60)
-POLL_SECONDS = 1.0
-BATCH = 20
 MAX_TEMPLATE_CHARS = 200
+CHANNEL = Channel.WECHAT.value
 # A notification is often several replies in a row (a receipt, then the menu): waiting this
 # long lets them leave as one WeChat message (one template, one unit of customer-service quota).
 NOTICE_COALESCE = timedelta(seconds=1)
@@ -62,13 +71,44 @@ def open_window(
     return None
 
 
-def backoff(attempts: int) -> timedelta:
-    """How long to wait after a passing failure: 2, 4, 8 … up to 60 seconds."""
-    return timedelta(seconds=min(60, 2 ** max(1, attempts)))
+class WeChatOutbox:
+    """Queues WeChat messages in the outbox (the answers that miss the 5 s window, the overflow
+    of a long answer) and wakes this process's WeChat worker."""
+
+    def __init__(
+        self, uow_factory: WeChatUnitOfWorkFactory, clock: Clock, wake: asyncio.Event
+    ) -> None:
+        self._uow_factory = uow_factory
+        self._clock = clock
+        self._wake = wake
+
+    async def enqueue(
+        self, openid: str, kind: str, texts: Sequence[str], delay: timedelta | None = None
+    ) -> None:
+        """Keep messages for delivery (durably, after ``delay``) and wake the sender."""
+        if not texts:
+            return
+        now = self._clock.now()
+        async with self._uow_factory() as uow:
+            await uow.outbox.add(
+                CHANNEL,
+                openid,
+                [Reply(text) for text in texts],
+                now,
+                kind=OutboxKind(kind),
+                not_before=now + delay if delay else None,
+            )
+            await uow.commit()
+        self._wake.set()
 
 
-class Outbox:
-    """Queues messages durably and delivers them."""
+class WeChatCourier:
+    """Sends a WeChat user's outbox messages as one WeChat message (as many as fit): a notice
+    by template message when one is configured, else — and when the template is refused — by
+    customer-service message within the user's window; outside it, or refused by WeChat for
+    time or count, the message is held for the user's next message."""
+
+    channel = CHANNEL
 
     def __init__(
         self,
@@ -83,140 +123,41 @@ class Outbox:
         self._clock = clock
         self._template_id = template_id
         self._template_field = template_field
-        self._wake = asyncio.Event()
 
-    async def enqueue(
-        self, openid: str, kind: str, texts: Sequence[str], delay: timedelta | None = None
-    ) -> None:
-        """Keep messages for delivery (durably, after ``delay``) and wake the sender."""
-        if not texts:
-            return
-        now = self._clock.now()
-        async with self._uow_factory() as uow:
-            await uow.wechat_outbox.add(openid, kind, texts, now, now + delay if delay else None)
-            await uow.commit()
-        self._wake.set()
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """Deliver until ``stop``; never dies of one failure."""
-        while not stop.is_set():
-            try:
-                busy = await self.deliver_due()
-            except Exception:
-                log.exception("WeChat outbox delivery failed")
-                busy = 0
-            if busy:
-                continue
-            self._wake.clear()
-            waits = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
-            try:
-                await asyncio.wait(waits, timeout=POLL_SECONDS, return_when="FIRST_COMPLETED")
-            finally:
-                for waiter in waits:
-                    waiter.cancel()
-
-    async def deliver_due(self) -> int:
-        """Send what is due now (per user, the oldest undelivered messages); how many."""
-        now = self._clock.now()
-        async with self._uow_factory() as uow:
-            claimed = await uow.wechat_outbox.claim_due(now, now + LEASE, BATCH)
-            await uow.commit()
-        batches: dict[str, list[OutboundMessage]] = {}
-        for message in claimed:
-            batches.setdefault(message.openid, []).append(message)
-        if batches:
-            await asyncio.gather(*(self._deliver(batch) for batch in batches.values()))
-        return len(claimed)
-
-    async def _deliver(self, batch: list[OutboundMessage]) -> None:
-        """Send a user's leased messages merged into one WeChat message (as many as fit; the
-        rest are released for the next round)."""
-        merged = [batch[0]]
-        size = len(batch[0].text.encode("utf-8"))
-        for message in batch[1:]:
-            size += len(message.text.encode("utf-8")) + 2
-            if size > MAX_TEXT_BYTES:
+    async def deliver(self, recipient: str, messages: Sequence[OutboxMessage]) -> Handed:
+        texts = [render_texts([m.reply]) for m in messages]
+        merged = [texts[0]]
+        size = sum(len(t.encode("utf-8")) + 2 for t in texts[0])
+        for more in texts[1:]:
+            size += sum(len(t.encode("utf-8")) + 2 for t in more)
+            if size > MAX_TEXT_BYTES + 2:
                 break
-            merged.append(message)
-        rest = batch[len(merged) :]
-        if rest:
-            await self._later(rest, "", at=self._clock.now())
-        text = "\n\n".join(message.text for message in merged)
-        head = merged[0]
-        if head.kind == "notice" and self._template_id and await self._by_template(merged, text):
-            return
+            merged.append(more)
+        text = "\n\n".join(t for part in merged for t in part)
+        taken = len(merged)
+        notice = messages[0].kind is OutboxKind.NOTICE
+        if notice and self._template_id and await self._by_template(recipient, text):
+            return Handed(taken, Delivered("template"))
         async with self._uow_factory() as uow:
-            contact = await uow.wechat_contacts.get(head.openid)
-        window = open_window(contact, self._clock.now())
-        if window is None:
-            await self._hold(merged, "outside the customer-service window")
-            return
+            contact = await uow.wechat_contacts.get(recipient)
+        if open_window(contact, self._clock.now()) is None:
+            return Handed(taken, Held("outside the customer-service window"))
         try:
-            await self._api.send_text(head.openid, text)
+            await self._api.send_text(recipient, text)
         except WeChatUnavailable as exc:
-            await self._later(merged, str(exc))
-            return
+            return Handed(taken, Retry(str(exc)))
         except WeChatApiError as exc:
-            if exc.errcode in OUT_OF_WINDOW:
-                async with self._uow_factory() as uow:
-                    await uow.wechat_contacts.exhaust(head.openid, MESSAGE_QUOTA, EVENT_QUOTA)
-                    await uow.commit()
-            await self._hold(merged, f"{exc.errcode} {exc.errmsg}")
-            return
-        async with self._uow_factory() as uow:
-            for message in merged:
-                assert message.id is not None
-                await uow.wechat_outbox.mark_sent(message.id, "custom", self._clock.now())
-            await uow.wechat_contacts.record_send(head.openid, window)
-            await uow.commit()
+            # Out of time or count (45015, 45047), or any other refusal: never dropped.
+            return Handed(taken, Held(f"{exc.errcode} {exc.errmsg}"))
+        return Handed(taken, Delivered(WECHAT_CUSTOM))
 
-    async def _by_template(self, merged: list[OutboundMessage], text: str) -> bool:
+    async def _by_template(self, openid: str, text: str) -> bool:
         assert self._template_id is not None
         if len(text) > MAX_TEMPLATE_CHARS:
             text = text[: MAX_TEMPLATE_CHARS - 1] + "…"
         try:
-            await self._api.send_template(
-                merged[0].openid, self._template_id, {self._template_field: text}
-            )
+            await self._api.send_template(openid, self._template_id, {self._template_field: text})
         except (WeChatApiError, WeChatUnavailable) as exc:
             log.warning("template message refused (%s): customer service instead", exc)
             return False
-        async with self._uow_factory() as uow:
-            for message in merged:
-                assert message.id is not None
-                await uow.wechat_outbox.mark_sent(message.id, "template", self._clock.now())
-            await uow.commit()
         return True
-
-    async def _hold(self, messages: list[OutboundMessage], reason: str) -> None:
-        log.info("%d WeChat message(s) held for the next message: %s", len(messages), reason)
-        async with self._uow_factory() as uow:
-            for message in messages:
-                assert message.id is not None
-                await uow.wechat_outbox.hold(message.id, reason)
-            await uow.commit()
-
-    async def _later(
-        self, messages: list[OutboundMessage], reason: str, at: datetime | None = None
-    ) -> None:
-        if reason:
-            log.warning("%d WeChat message(s) not sent (%s): retrying", len(messages), reason)
-        async with self._uow_factory() as uow:
-            for message in messages:
-                assert message.id is not None
-                when = at or self._clock.now() + backoff(message.attempts)
-                await uow.wechat_outbox.retry_later(message.id, when, reason)
-            await uow.commit()
-
-
-class WeChatNotifier:
-    """Notifications outside a conversation (a payout that landed later, …): queued durably and
-    delivered by the outbox (template message, else customer service within its window)."""
-
-    def __init__(self, outbox: Outbox) -> None:
-        self._outbox = outbox
-
-    async def notify(self, channel: str, user_key: str, reply: Reply) -> None:
-        await self._outbox.enqueue(
-            user_key, "notice", render_texts([reply]), delay=NOTICE_COALESCE
-        )

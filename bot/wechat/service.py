@@ -8,13 +8,14 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from aiohttp import web
 
 from bot.wechat.api import WeChatApi, WeChatApiError, WeChatUnavailable
-from bot.wechat.delivery import Outbox
+from bot.wechat.delivery import WeChatOutbox
 from bot.wechat.protocol import (
     Push,
     PushRejected,
@@ -27,8 +28,8 @@ from bot.wechat.protocol import (
 )
 from bot.wechat.replay import DatabaseReplayStore, ReplayStore
 from core.messages import Channel, Inbound, Reply
-from core.ports import Clock, WeChatUnitOfWorkFactory
-from handlers.engine import Conversation
+from core.ports import Clock, OutboxMessage, WeChatUnitOfWorkFactory
+from handlers.engine import Conversation, TurnKind
 from handlers.i18n import Translator, resolve_language
 
 log = logging.getLogger(__name__)
@@ -41,12 +42,21 @@ REMEMBER_SECONDS = 120.0  # WeChat retries a push for about 15 s
 OVERFLOW_DELAY = timedelta(seconds=1)  # lets the passive reply arrive before its continuation
 
 
+class _Redeliver(Exception):
+    """The storage failed while a push was handled; nothing was kept."""
+
+
+def render_held(messages: Sequence[OutboxMessage]) -> list[str]:
+    """Outbox messages as the texts they read in a passive reply (numbered menus and all)."""
+    return [text for message in messages for text in render_texts([message.reply])]
+
+
 @dataclass
 class _InFlight:
     """A push being handled, and the HTTP request (WeChat's latest try) waiting for it."""
 
     push: Push
-    waiter: asyncio.Future[list[str]] | None = None
+    waiter: asyncio.Future[list[str] | None] | None = None
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
@@ -59,7 +69,7 @@ class PushService:
         conversation: Conversation,
         uow_factory: WeChatUnitOfWorkFactory,
         api: WeChatApi,
-        outbox: Outbox,
+        outbox: WeChatOutbox,
         clock: Clock,
         deadline: float = 4.0,
         replays: ReplayStore | None = None,
@@ -136,6 +146,8 @@ class PushService:
             return web.Response(text=SUCCESS)
         remaining = self._deadline - (time.monotonic() - started)
         texts = await self._answer_in_time(push, remaining)
+        if texts is None:  # storage trouble, nothing kept: WeChat pushes it again
+            return web.Response(status=503, text="try again")
         if not texts:
             return web.Response(text=SUCCESS)
         if len(texts) > 1:
@@ -150,8 +162,9 @@ class PushService:
 
     # -- once per push -----------------------------------------------------------------------
 
-    async def _answer_in_time(self, push: Push, seconds: float) -> list[str]:
-        """The answer if it is ready in time, else [] (it will go by customer service).
+    async def _answer_in_time(self, push: Push, seconds: float) -> list[str] | None:
+        """The answer if it is ready in time, else [] (it will go by customer service); None
+        when the storage failed and nothing was kept (WeChat should push it again).
 
         The first delivery of a push starts its handling; a retry (same dedupe id) while it
         runs takes over the wait — WeChat has given up on the earlier connection — and a retry
@@ -166,7 +179,7 @@ class PushService:
             entry.task = asyncio.create_task(self._handle(key, entry, self._clock.now()))
         elif entry.waiter is not None and not entry.waiter.done():
             entry.waiter.cancel()  # that request answers "success" now
-        waiter: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[list[str] | None] = asyncio.get_running_loop().create_future()
         entry.waiter = waiter
         try:
             await asyncio.wait({waiter}, timeout=max(0.0, seconds))
@@ -177,15 +190,24 @@ class PushService:
 
     async def _handle(self, key: str, entry: _InFlight, arrived: datetime) -> None:
         push = entry.push
+        texts: list[str] | None
         try:
             texts = await self._answer(push, arrived)
+        except _Redeliver:
+            texts = None
         except Exception as exc:
             log.error("push %s failed: %s", key, type(exc).__name__, exc_info=True)
             texts = [Translator(resolve_language(None))("error.internal")]
         finally:
             del self._inflight[key]
-            self._remember(key)
         waiter = entry.waiter
+        if texts is None:
+            # Not remembered: WeChat's next try of this push is handled afresh.
+            log.warning("push %s: storage unavailable; left for WeChat's retry", key)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+            return
+        self._remember(key)
         if waiter is not None and not waiter.done():
             waiter.set_result(texts)  # the waiting request replies passively
             return
@@ -221,9 +243,14 @@ class PushService:
             own_replies = await self._own_reply(push)
             replies = own_replies
         else:
-            replies = await self._conversation.handle(inbound)
-            if not replies:
+            turn = await self._conversation.take(inbound)
+            if turn.kind is TurnKind.RETRY:
+                raise _Redeliver
+            if turn.kind is TurnKind.DUPLICATE:
                 return []  # a redelivery: whoever handled the first delivery answers it
+            # Handled — with replies or without (a paused conversation): either way the user
+            # wrote, and their customer-service window opens again.
+            replies = list(turn.replies)
         async with self._uow_factory() as uow:
             if own_replies and not await uow.inbox.claim(
                 CHANNEL, push.dedupe_id, self._clock.now()
@@ -232,12 +259,12 @@ class PushService:
             await uow.wechat_contacts.touch(
                 push.openid, arrived, by_message=push.opens_message_window
             )
-            earlier = await uow.wechat_outbox.take_undelivered(push.openid, self._clock.now())
+            earlier = await uow.outbox.take_undelivered(CHANNEL, push.openid, self._clock.now())
             await uow.commit()
         before: list[str] = []
         if earlier:
             language = await self._language(push.openid)
-            before = [Translator(language)("wechat.held_header"), *(m.text for m in earlier)]
+            before = [Translator(language)("wechat.held_header"), *render_held(earlier)]
         return render_texts(replies, before)
 
     async def _inbound(self, push: Push) -> Inbound | None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from bot.console import ConsoleNotifier
 from bot.democard import render_card_photo
 from bot.settings import DEFAULT_CARDS
 from core import review
@@ -16,8 +15,8 @@ from core.catalog import luhn_check_digit
 from core.messages import Inbound
 from core.model import OrderStatus
 from handlers.i18n import Translator
-from handlers.notify import finish_unfinished
 from tests.e2e.conftest import Harness
+from tests.fakes import finish_and_tell
 
 ZH = Translator("zh")
 NAME, ID_NUMBER, PHONE = "李雷", "11010519491231002X", "13912345678"
@@ -261,7 +260,7 @@ async def test_a_card_held_for_review_waits_while_the_others_are_paid(
             await review.decide(uow, h.clock, held.id, True, "staff:1", "")
             await uow.commit()
         told: list[str] = []
-        await finish_unfinished(h.app.services, ConsoleNotifier(told.append))
+        await finish_and_tell(h.app.services, told.append)
         assert any(held.number in line and "【电子回单】" in line for line in told)
         assert len(transfers(h)) == 3
     finally:

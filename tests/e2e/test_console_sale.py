@@ -433,8 +433,7 @@ async def test_a_failed_payout_releases_the_money_and_pays_to_another_account(
 async def test_a_payout_with_an_unknown_outcome_is_queried_and_never_sent_twice(
     harness: Harness,
 ) -> None:
-    from bot.console import ConsoleNotifier
-    from handlers.notify import finish_unfinished
+    from tests.fakes import finish_and_tell
 
     await play(harness, SCRIPT[:10])
     await harness.say("timeout@example.com")
@@ -446,7 +445,7 @@ async def test_a_payout_with_an_unknown_outcome_is_queried_and_never_sent_twice(
     await harness.restart()
     told: list[str] = []
     assert harness.app is not None
-    changed = await finish_unfinished(harness.app.services, ConsoleNotifier(told.append))
+    changed = await finish_and_tell(harness.app.services, told.append)
     assert changed == 1
     assert any("【电子回单】" in line for line in told)
     [order] = await harness.orders()

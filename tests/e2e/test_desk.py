@@ -1,6 +1,6 @@
 """The desk end to end in one process: a user on one channel, staff and admins on another, the
-real app and database; notices (relays, alerts) delivered by the desk's own delivery loop to a
-recording notifier. The same flow over the channels' test servers is in test_desk_channels."""
+real app and database; outbox messages (relays, alerts) delivered by the outbox worker to a
+recording courier. The same flow over the channels' test servers is in test_desk_channels."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ import pytest
 from bot.console import ConsoleChannel
 from core.messages import Inbound, Reply
 from core.model import OrderStatus
-from handlers.desk import check_sla, deliver_notices
+from handlers.desk import check_sla
 from tests.e2e.conftest import Harness
 from tests.e2e.test_console_sale import ALIPAY, ID_NUMBER, NAME, PHONE, WALMART
+from tests.fakes import deliver_outbox
 
 STAFF = "telegram:900"
 STAFF_2 = "telegram:901"
@@ -80,8 +81,7 @@ class Desk:
 
     async def deliver(self) -> None:
         assert self.h.app is not None
-        while await deliver_notices(self.h.app.services, self.inboxes, CHANNELS):
-            pass
+        await deliver_outbox(self.h.app.services, self.inboxes, CHANNELS)
 
     async def tickets(self) -> list:  # type: ignore[type-arg]
         assert self.h.app is not None
@@ -394,21 +394,21 @@ class Unreachable:
 async def test_a_notice_that_cannot_be_delivered_is_retried_with_pauses_then_given_up(
     desk: Desk,
 ) -> None:
-    from handlers.desk import NOTICE_MAX_ATTEMPTS
+    from bot.outbox import MAX_ATTEMPTS
 
     h = desk.h
     assert h.app is not None
     async with h.app.uow_factory() as uow:
-        await uow.notices.add("telegram", "900", Reply("hello"), h.clock.now())
+        await uow.outbox.add("telegram", "900", [Reply("hello")], h.clock.now())
         await uow.commit()
     services = h.app.services
-    assert await deliver_notices(services, Unreachable(), CHANNELS) == 0
-    assert await deliver_notices(services, desk.inboxes, CHANNELS) == 0  # pausing, not due
-    for _ in range(NOTICE_MAX_ATTEMPTS - 1):
+    assert await deliver_outbox(services, Unreachable(), CHANNELS) == 1  # tried, failed
+    assert await deliver_outbox(services, desk.inboxes, CHANNELS) == 0  # pausing, not due
+    for _ in range(MAX_ATTEMPTS - 1):
         h.clock.advance(hours=2)
-        await deliver_notices(services, Unreachable(), CHANNELS)
+        assert await deliver_outbox(services, Unreachable(), CHANNELS) == 1
     h.clock.advance(days=1)
-    assert await deliver_notices(services, desk.inboxes, CHANNELS) == 0  # given up
+    assert await deliver_outbox(services, desk.inboxes, CHANNELS) == 0  # given up
     assert desk.inboxes.texts(STAFF) == ""
 
 

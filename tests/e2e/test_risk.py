@@ -14,7 +14,6 @@ import pytest
 from bot.cli import main
 from core.messages import Reply
 from core.model import OrderStatus
-from handlers.notify import finish_unfinished
 from tests.e2e.conftest import Harness
 from tests.e2e.test_console_sale import (
     ID_NUMBER,
@@ -24,6 +23,7 @@ from tests.e2e.test_console_sale import (
     card_photo,
     sell_until_quote,
 )
+from tests.fakes import finish_and_tell
 
 WALMART_2 = ("2326081744338610", "007007")  # ¥500, active: pays ¥459 like WALMART
 SHANGHAI_AFTERNOON = datetime(2026, 11, 22, 6, 0, tzinfo=UTC)  # 14:00 in Shanghai
@@ -241,7 +241,7 @@ async def test_staff_approve_one_held_order_and_reject_another_and_each_user_is_
 
         told = Told()
         assert h.app is not None
-        await finish_unfinished(h.app.services, told)
+        await finish_and_tell(h.app.services, told)
         assert ZH("review.approved", order=first.number) in told.texts()
         assert ZH("review.rejected", order=second.number, note=note) in told.texts()
         assert "【电子回单】" in told.texts()
@@ -249,7 +249,7 @@ async def test_staff_approve_one_held_order_and_reject_another_and_each_user_is_
         assert after == {first.id: OrderStatus.SETTLED, second.id: OrderStatus.REJECTED}
         # Told once: the next pass says nothing more.
         again = Told()
-        await finish_unfinished(h.app.services, again)
+        await finish_and_tell(h.app.services, again)
         assert again.messages == []
         async with h.app.uow_factory() as uow:
             actions = [e.action for e in await uow.audit.all()]

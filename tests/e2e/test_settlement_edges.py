@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from bot.console import ConsoleNotifier
 from bot.sandbox.issuer import SandboxCardIssuer
 from core import sale
 from core.catalog import default_catalog
@@ -15,11 +14,10 @@ from core.errors import CardUnusable, IssuerUnavailable
 from core.messages import Inbound
 from core.model import OrderStatus, PayoutState
 from handlers.i18n import Translator
-from handlers.notify import finish_unfinished
 from storage.crypto import AesGcmVault
 from tests.e2e.conftest import Harness
 from tests.e2e.test_console_sale import SCRIPT, WALMART, card_photo, play
-from tests.fakes import GatedReader, ScriptedGateway, ScriptedIssuer
+from tests.fakes import GatedReader, ScriptedGateway, ScriptedIssuer, finish_and_tell
 
 ZH = Translator("zh")
 
@@ -51,7 +49,7 @@ async def test_a_payout_that_fails_later_brings_the_user_back_to_choose_an_accou
         assert "正在等待支付机构确认" in h.text()
         told: list[str] = []
         assert h.app is not None
-        await finish_unfinished(h.app.services, ConsoleNotifier(told.append))
+        await finish_and_tell(h.app.services, told.append)
         notice = "\n".join(told)
         assert "打款失败" in notice and "正在处理中" not in notice
         assert "payout_failure." not in notice  # a reason in words, not a key
@@ -103,7 +101,7 @@ async def test_withdrawing_while_the_issuer_is_down_really_withdraws(
         [order] = await h.orders()
         assert order.status is OrderStatus.CANCELLED
         assert h.app is not None
-        await finish_unfinished(h.app.services, ConsoleNotifier(lambda _: None))
+        await finish_and_tell(h.app.services, lambda _: None)
         [order] = await h.orders()
         assert order.status is OrderStatus.CANCELLED
         assert not issuer.redeem_errors

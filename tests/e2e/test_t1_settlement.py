@@ -8,7 +8,6 @@ from pathlib import Path
 
 from core.messages import Reply
 from core.model import OrderStatus, PayoutState
-from handlers.notify import finish_unfinished
 from tests.e2e.conftest import Harness
 from tests.e2e.test_console_sale import (
     WALMART,
@@ -17,7 +16,7 @@ from tests.e2e.test_console_sale import (
     identity_and_payout,
     sell_until_quote,
 )
-from tests.fakes import ScriptedGateway
+from tests.fakes import ScriptedGateway, finish_and_tell
 
 EVENING = datetime(2026, 11, 22, 13, 30, tzinfo=UTC)  # 21:30 in Shanghai
 
@@ -50,7 +49,7 @@ async def test_a_t1_payout_waits_for_the_next_morning_batch_then_pays_once(
 
         told = Told()
         h.clock.advance(hours=12, minutes=29)  # 09:59 next day in Shanghai: not yet
-        await finish_unfinished(h.app.services, told)
+        await finish_and_tell(h.app.services, told)
         assert gateway.sent == [] and told.texts == []
 
         # The user unfollowed meanwhile: the notice still goes to the channel, which keeps it
@@ -59,8 +58,8 @@ async def test_a_t1_payout_waits_for_the_next_morning_batch_then_pays_once(
             await uow.users.set_reachable("console", h.user, False)
             await uow.commit()
         h.clock.advance(minutes=1)  # 10:00: the batch goes
-        await finish_unfinished(h.app.services, told)
-        await finish_unfinished(h.app.services, told)  # a second pass pays nothing more
+        await finish_and_tell(h.app.services, told)
+        await finish_and_tell(h.app.services, told)  # a second pass pays nothing more
         assert len(gateway.sent) == 1
         assert any("【电子回单】" in text for text in told.texts)
         async with h.app.uow_factory() as uow:

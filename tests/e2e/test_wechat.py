@@ -19,7 +19,7 @@ from bot.democard import render_card_photo
 from core.model import OrderStatus
 from handlers.i18n import Translator
 from storage.db import SqlAlchemyUnitOfWorkFactory
-from storage.tables import ChannelIdentityRow, OrderRow, ProcessedInboundRow, WeChatOutboxRow
+from storage.tables import ChannelIdentityRow, OrderRow, OutboxRow, ProcessedInboundRow
 from tests.wechat_peer import (
     AES_KEY,
     AES_KEY_OLD,
@@ -93,7 +93,7 @@ class World:
 async def outbox_settled(world: World, within: float = 60.0) -> None:
     """Wait until no message is left pending in the WeChat outbox (sent or held, each one)."""
     deadline = time.monotonic() + within
-    while await world.count(WeChatOutboxRow, state="pending"):
+    while await world.count(OutboxRow, channel="wechat", state="pending"):
         assert time.monotonic() < deadline, "the WeChat outbox never settled"
         await asyncio.sleep(0.05)
 
@@ -102,7 +102,9 @@ async def receipts_queued(world: World) -> int:
     factory = SqlAlchemyUnitOfWorkFactory.from_url(world.database_url)
     try:
         async with factory.engine.connect() as connection:
-            query = select(func.count()).where(WeChatOutboxRow.text.contains("【电子回单】"))
+            query = select(func.count()).where(
+                OutboxRow.channel == "wechat", OutboxRow.text.contains("【电子回单】")
+            )
             return int((await connection.execute(query)).scalar_one())
     finally:
         await factory.dispose()
@@ -233,7 +235,7 @@ async def test_the_same_push_three_times_makes_one_order_and_one_reply(world: Wo
     await user.say("卖卡")
     msg_id = next_msg_id()
     xml = text_xml(user.openid, RTMART, msg_id)  # no secret: this message makes the order
-    queued_before = await world.count(WeChatOutboxRow)
+    queued_before = await world.count(OutboxRow, channel="wechat")
     answers = await asyncio.gather(*(user.pusher.push(xml) for _ in range(3)))
     answers.append(await user.pusher.push(xml))  # and once more after it was answered
     assert all(a.status == 200 for a in answers)
@@ -241,7 +243,7 @@ async def test_the_same_push_three_times_makes_one_order_and_one_reply(world: Wo
     assert len(replies) == 1 and "大润发" in (replies[0] or "")
     assert await orders(world) == [(OrderStatus.QUOTED.value, "wechat")]
     # Nothing was queued for customer service, so no stray copy can follow (no sleeping on it).
-    assert await world.count(WeChatOutboxRow) == queued_before
+    assert await world.count(OutboxRow, channel="wechat") == queued_before
     assert world.peer.custom_texts() == []
 
 
@@ -335,7 +337,7 @@ async def test_bad_pushes_get_4xx_or_success_and_store_nothing(world: World) -> 
     ) as r:
         assert r.status == 403
 
-    for row in (ProcessedInboundRow, ChannelIdentityRow, WeChatOutboxRow):
+    for row in (ProcessedInboundRow, ChannelIdentityRow, OutboxRow):
         assert await world.count(row) == 0
     assert world.peer.calls == []
 
@@ -418,11 +420,11 @@ async def test_beyond_the_quota_a_message_is_held_for_the_next_message(world: Wo
     )
     await outbox_settled(world)  # every queued message tried: none left pending
     assert world.peer.custom_texts() == []
-    assert await world.count(WeChatOutboxRow, state="held") > 0  # the receipt (and menu)
+    assert await world.count(OutboxRow, state="held") > 0  # the receipt (and menu)
     answer = await user.say("订单")
     assert answer.text is not None
     assert answer.text.startswith(ZH("wechat.held_header")) and "【电子回单】" in answer.text
-    assert await world.count(WeChatOutboxRow, state="held") == 0
+    assert await world.count(OutboxRow, state="held") == 0
 
 
 async def test_an_expired_token_is_refreshed_and_the_message_still_goes(world: World) -> None:

@@ -54,7 +54,7 @@ from core.model import (
 from core.ports import PayoutRequest, PayoutResult
 from core.pricing import default_pricing
 from core.risk import RiskPolicy
-from core.sale import SaleDeps, resume_unfinished, settle
+from core.sale import SETTLE_LEASE, SaleDeps, resume_unfinished, settle
 from core.sale import retry_failed_payout as retry_failed
 from core.sealing import account_context, card_context, holder_context
 from storage.crypto import AesGcmVault
@@ -261,8 +261,10 @@ class PayoutMachine(RuleBasedStateMachine):
         )
 
     def restart(self) -> None:
-        """A new process: fresh ports over the same database, vault key and provider."""
+        """A new process: fresh ports over the same database, vault key and provider. The dead
+        process's claims on the orders it was settling run out before anyone resumes them."""
         self.points.disarm()
+        self.clock.advance(seconds=SETTLE_LEASE.total_seconds() + 1)
         self.deps = self._deps()
 
     def crashable(self, coroutine: Any) -> None:
@@ -531,7 +533,8 @@ def test_the_machine_really_crashes_and_recovers() -> None:
         order_id = machine.first_order(50_000)
         machine.settle_order(order_id, "paid_then_timeout", "answer", crash_at=None)
         assert machine.run(machine._order(order_id)).status is OrderStatus.PAYING
-        machine.settle_order(order_id, "ok", "answer", crash_at=0)  # dies before it can query
+        # Dies before it can query (after claiming the order: that commit is two boundaries).
+        machine.settle_order(order_id, "ok", "answer", crash_at=2)
         assert machine.crashes == 1 and machine.points.hit == ["before query"]
         machine.recover("ok", "answer", crash_at=None)
         assert machine.run(machine._order(order_id)).status is OrderStatus.SETTLED

@@ -1,4 +1,4 @@
-"""Contract of the desk's repositories (tickets and their lines, notices, granted roles), on
+"""Contract of the desk's repositories (tickets and their lines, granted roles), on
 SQLite and PostgreSQL."""
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from core.messages import Option, Reply
 from core.model import Role
 from core.tickets import Priority, Reason, Ticket, TicketMessage, TicketStatus, take
 from storage.db import SqlAlchemyUnitOfWorkFactory
@@ -79,46 +78,6 @@ async def test_the_active_ticket_of_a_user_and_the_current_ticket_of_a_staff_mem
     async with uow_factory() as uow:
         assert await uow.tickets.active_for_user(alice) is None
         assert [t.id for t in await uow.tickets.active()] == [second.id]
-
-
-async def test_notices_are_leased_so_no_two_deliverers_take_the_same_one(
-    uow_factory: SqlAlchemyUnitOfWorkFactory,
-) -> None:
-    async with uow_factory() as uow:
-        await uow.notices.add("wechat", "u1", Reply("一", (Option("quote.accept:1", "接受"),)), T0)
-        await uow.notices.add("telegram", "9", Reply("二"), T0)
-        await uow.commit()
-    async with uow_factory() as uow:
-        first = await uow.notices.claim(["wechat", "telegram"], T0, T0 + LEASE, 10)
-        await uow.commit()
-    assert [(n.channel, n.reply.text) for n in first] == [("wechat", "一"), ("telegram", "二")]
-    assert first[0].reply.options == (Option("quote.accept:1", "接受"),)
-    async with uow_factory() as uow:
-        assert await uow.notices.claim(["wechat", "telegram"], T0, T0 + LEASE, 10) == []
-        await uow.notices.mark_sent(first[0].id, T0)
-        await uow.notices.retry_later(first[1].id, T0 + timedelta(seconds=5), "Timeout")
-        await uow.commit()
-    async with uow_factory() as uow:
-        # The failed one comes back after its pause; the delivered one never does.
-        again = await uow.notices.claim(["telegram", "wechat"], T0 + LEASE, T0 + 2 * LEASE, 10)
-        assert [n.reply.text for n in again] == ["二"] and again[0].attempts == 1
-
-
-async def test_a_process_only_takes_notices_for_the_channels_it_serves(
-    uow_factory: SqlAlchemyUnitOfWorkFactory,
-) -> None:
-    async with uow_factory() as uow:
-        await uow.notices.add("wechat", "u1", Reply("w"), T0)
-        await uow.notices.add("telegram", "9", Reply("t"), T0)
-        await uow.commit()
-    async with uow_factory() as uow:
-        taken = await uow.notices.claim(["telegram"], T0, T0 + LEASE, 10)
-        await uow.commit()
-    assert [n.channel for n in taken] == ["telegram"]
-    async with uow_factory() as uow:
-        assert [n.channel for n in await uow.notices.claim(["wechat"], T0, T0 + LEASE, 10)] == [
-            "wechat"
-        ]
 
 
 @pytest.mark.parametrize("role", [Role.STAFF, Role.ADMIN])

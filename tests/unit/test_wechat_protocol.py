@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.wechat.delivery import EVENT_QUOTA, MESSAGE_QUOTA, backoff, open_window
+from bot.outbox import backoff
+from bot.wechat.delivery import EVENT_QUOTA, MESSAGE_QUOTA, open_window
 from bot.wechat.protocol import (
     MAX_TEXT_BYTES,
     PushRejected,
@@ -188,7 +189,7 @@ def test_the_customer_service_quota_is_five_in_48_hours_or_three_in_a_minute() -
     clicked = ContactWindow("o1", last_event_at=T0, event_sends=EVENT_QUOTA - 1)
     assert open_window(clicked, T0 + timedelta(seconds=59)) == "event"
     assert open_window(clicked, T0 + timedelta(seconds=61)) is None
-    assert backoff(1) == timedelta(seconds=2) and backoff(30) == timedelta(seconds=60)
+    assert backoff(1) == timedelta(seconds=2) and backoff(30) == timedelta(hours=1)
 
 
 def test_only_a_recent_well_formed_stamp_is_accepted() -> None:

@@ -11,6 +11,7 @@ import pytest
 from bot.wechat.protocol import PushSecurity, parse_push
 from bot.wechat.service import PushService
 from core.messages import Inbound, Reply
+from handlers.engine import Turn, TurnKind
 from storage.db import SqlAlchemyUnitOfWorkFactory
 from tests.fakes import FakeClock
 from tests.wechat_peer import ACCOUNT, APP_ID, TOKEN, text_xml
@@ -25,10 +26,26 @@ class GatedConversation:
         self.gate = asyncio.Event()
         self.handled: list[str] = []
 
-    async def handle(self, inbound: Inbound) -> list[Reply]:
+    async def take(self, inbound: Inbound) -> Turn:
         self.handled.append(inbound.message_id)
         await self.gate.wait()
-        return [Reply(f"answer to {inbound.text}")]
+        return Turn(TurnKind.HANDLED, (Reply(f"answer to {inbound.text}"),))
+
+
+class FailingStorageConversation(GatedConversation):
+    """The database is down for the first ``failures`` messages (nothing is kept)."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+        self.gate.set()
+
+    async def take(self, inbound: Inbound) -> Turn:
+        if self.failures:
+            self.failures -= 1
+            self.handled.append(inbound.message_id)
+            return Turn(TurnKind.RETRY)
+        return await super().take(inbound)
 
 
 class RecordingOutbox:
@@ -39,8 +56,10 @@ class RecordingOutbox:
         self.queued.append((openid, kind, list(texts)))
 
 
-def service(uow_factory: SqlAlchemyUnitOfWorkFactory) -> tuple[PushService, Any, Any]:
-    conversation, outbox = GatedConversation(), RecordingOutbox()
+def service(
+    uow_factory: SqlAlchemyUnitOfWorkFactory, conversation: GatedConversation | None = None
+) -> tuple[PushService, Any, Any]:
+    conversation, outbox = conversation or GatedConversation(), RecordingOutbox()
     push_service = PushService(
         PushSecurity(TOKEN, APP_ID, "plaintext", account_id=ACCOUNT),
         conversation,  # type: ignore[arg-type]
@@ -101,4 +120,17 @@ async def test_a_retry_after_the_deadline_passed_still_gets_the_passive_reply_an
     conversation.gate.set()
     assert await retry == ["answer to 卖卡"]
     await push_service.drain(5)
+    assert outbox.queued == []
+
+
+async def test_storage_down_is_no_answer_and_wechats_retry_is_handled_afresh(
+    uow_factory: SqlAlchemyUnitOfWorkFactory,
+) -> None:
+    """Issue 12 item 8: the database fails mid-message → no ``success`` (the push is answered
+    503), nothing remembered, so WeChat's next try of the same push is handled and answered."""
+    conversation = FailingStorageConversation(failures=1)
+    push_service, _, outbox = service(uow_factory, conversation)
+    assert await push_service._answer_in_time(PUSH, 5) is None
+    assert await push_service._answer_in_time(PUSH, 5) == ["answer to 卖卡"]
+    assert conversation.handled == ["42", "42"]
     assert outbox.queued == []
