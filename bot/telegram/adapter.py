@@ -2,7 +2,8 @@
 
 Routing by update type is aiogram's (a router built per adapter by :func:`build_router`); the
 translation rules are in :mod:`bot.telegram.inbound`, sending in :mod:`bot.telegram.outbound`.
-Updates of one chat are handled one after another (a per-chat lock), different chats at once.
+Updates come from the inbound queue (:mod:`bot.inflow`): a chat's one after another, chats at
+once; a per-chat lock keeps that order within the process whatever calls in.
 
 What each kind of update does:
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
@@ -53,7 +55,7 @@ from bot.telegram.outbound import CHANNEL, TelegramSender
 from bot.telegram.roles import Roles
 from core.messages import Inbound, Reply
 from core.model import Role
-from core.ports import UnitOfWorkFactory
+from core.ports import QueuedUpdate, UnitOfWorkFactory
 from handlers.engine import Conversation
 from handlers.i18n import Translator, resolve_language
 
@@ -61,7 +63,7 @@ log = logging.getLogger(__name__)
 
 # Answer a button press with the outcome when it is known this fast, else answer at once.
 ANSWER_WITHIN_SECONDS = 2.0
-# Chats handled at once from one batch of updates (each holds a database connection).
+# Chats handled at once by one process (each holds a database connection while it works).
 CONCURRENT_CHATS = 16
 
 # Content a person sends that we cannot use: they get a clear reply.
@@ -133,7 +135,6 @@ class TelegramAdapter:
         self.dispatcher = Dispatcher()
         self.dispatcher.include_router(build_router(self))
         self._locks: defaultdict[int | None, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._slots = asyncio.Semaphore(CONCURRENT_CHATS)
 
     def role_of(self, user_id: str) -> Role:
         """Customer, staff or admin (``CARDBOT_STAFF`` / ``CARDBOT_ADMINS``)."""
@@ -152,22 +153,10 @@ class TelegramAdapter:
         async with self._chat_lock(chat_of(update)):
             await self.dispatcher.feed_update(self.bot, update)
 
-    async def handle_batch(self, updates: Sequence[Update]) -> None:
-        """Handle a batch from getUpdates: each chat's updates in order, chats side by side."""
-        by_chat: dict[int | None, list[Update]] = defaultdict(list)
-        for update in sorted(updates, key=lambda u: u.update_id):
-            by_chat[chat_of(update)].append(update)
-
-        async def chat_in_order(chat_updates: list[Update]) -> None:
-            async with self._slots:
-                for update in chat_updates:
-                    try:
-                        await self.handle_update(update)
-                    except Exception:
-                        # Not redelivered (the batch is confirmed): logged by id, never silent.
-                        log.exception("telegram update %s failed", update.update_id)
-
-        await asyncio.gather(*(chat_in_order(u) for u in by_chat.values()))
+    async def handle_queued(self, item: QueuedUpdate) -> None:
+        """Handle one update the inbound worker took from the queue (bot/inflow.py)."""
+        update = Update.model_validate(json.loads(item.payload), context={"bot": self.bot})
+        await self.handle_update(update)
 
     @contextlib.asynccontextmanager
     async def _chat_lock(self, chat: int | None) -> AsyncIterator[None]:
