@@ -2,8 +2,8 @@
 (tests/telegram_api.py) → getUpdates long polling → aiogram → the adapter → the conversation
 (SQLite) → sendMessage/answerCallbackQuery/editMessageReplyMarkup back to the fake server.
 Users sell concurrently (typed card numbers, no photos); each waits until the bot has handled
-its update (confirmed it to getUpdates and emptied it from its inbound queue) before sending the next, as a person waits for the
-answer. A benchmark: it prints numbers.
+its update (confirmed it to getUpdates, then handled it from its inbound queue) before sending
+the next, as a person waits for the answer. A benchmark: it prints numbers.
 
 By default the outbound limits are lifted so the figure is the bot's own throughput; with
 ``--real-limits`` (3 at once then 1 message/s per chat, 30/s overall) it shows what the limits

@@ -126,11 +126,9 @@ class InboundWorker:
             return
         now = self._clock.now()
         heads = await self._queue.claim_heads(
-            self.channel, self.owner, now, now + self._lease, free
+            self.channel, self.owner, now, now + self._lease, free, busy=frozenset(self._chats)
         )
         for item in heads:
-            if item.chat_key in self._chats:  # our own lease ran out under a slow handler
-                continue
             task = asyncio.create_task(self._work_chat(item), name=f"chat-{item.chat_key}")
             self._chats[item.chat_key] = task
             task.add_done_callback(functools.partial(self._chat_done, item.chat_key))

@@ -949,9 +949,12 @@ class InboundQueue(Protocol):
         lease_until: datetime,
         limit: int,
         chat_key: str | None = None,
+        busy: frozenset[str] = frozenset(),
     ) -> Sequence[QueuedUpdate]:
         """Lease the oldest update of up to ``limit`` chats (or of ``chat_key`` only) whose
-        oldest update is due and not leased by a live process; later updates of a chat wait."""
+        oldest update is due and not leased by a live process; later updates of a chat wait.
+        Chats in ``busy`` (this process is working them: it claims their next one itself)
+        are left out."""
         ...
 
     async def renew(self, item_ids: Sequence[int], owner: str, lease_until: datetime) -> None:

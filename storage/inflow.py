@@ -76,12 +76,15 @@ class SqlAlchemyInboundQueue:
         lease_until: datetime,
         limit: int,
         chat_key: str | None = None,
+        busy: frozenset[str] = frozenset(),
     ) -> Sequence[QueuedUpdate]:
         now = _utc(now)
         table = QUEUE
         heads = select(func.min(table.c.id)).where(table.c.channel == channel)
         if chat_key is not None:
             heads = heads.where(table.c.chat_key == chat_key)
+        if busy:
+            heads = heads.where(table.c.chat_key.not_in(sorted(busy)))
         heads = heads.group_by(table.c.chat_key)
         free = table.c.lease_until.is_(None) | (table.c.lease_until < now)
         claimed: list[QueuedUpdate] = []

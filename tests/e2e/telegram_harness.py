@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from aiogram.types import Update
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
-
-from aiogram.types import Update
 
 from bot.telegram.intake import update_key
 from core.model import Order

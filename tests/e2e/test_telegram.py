@@ -13,7 +13,13 @@ import pytest
 from bot.democard import render_card_photo
 from core.model import OrderStatus
 from handlers.i18n import Translator
-from tests.e2e.telegram_harness import watch_queue, WEBHOOK_SECRET, BotProcess, Player, wait_until_ready
+from tests.e2e.telegram_harness import (
+    WEBHOOK_SECRET,
+    BotProcess,
+    Player,
+    wait_until_ready,
+    watch_queue,
+)
 from tests.telegram_api import FakeTelegram, User
 
 WALMART = ("2326081744029136", "135790")  # ¥500, active (bot/sandbox/cards.csv)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from handlers.i18n import Translator
-from tests.e2e.telegram_harness import watch_queue, BotProcess, Player, wait_until_ready
+from tests.e2e.telegram_harness import BotProcess, Player, wait_until_ready, watch_queue
 from tests.telegram_api import FakeTelegram, User
 
 ZH = Translator("zh")
