@@ -83,7 +83,7 @@ class InboundWorker:
         self._drain = drain_seconds
         self._wakeup = asyncio.Event()
         self._chats: dict[str, asyncio.Task[None]] = {}
-        self._stopping = False
+        self._stop = asyncio.Event()
 
     def wake(self) -> None:
         """New updates were queued: look for work now rather than at the next poll."""
@@ -96,6 +96,7 @@ class InboundWorker:
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Handle queued updates until ``stop`` is set; then finish what is in hand."""
+        self._stop = stop
         failures = 0
         stopper = asyncio.create_task(stop.wait())
         try:
@@ -140,7 +141,7 @@ class InboundWorker:
     async def _work_chat(self, item: QueuedUpdate | None) -> None:
         """One chat's updates, oldest first, until none is due or the worker stops."""
         while item is not None:
-            if not await self._handle_one(item) or self._stopping:
+            if not await self._handle_one(item) or self._stop.is_set():
                 return
             now = self._clock.now()
             try:
@@ -199,7 +200,6 @@ class InboundWorker:
             await asyncio.shield(self._queue.retry_later(item.id, self.owner, not_before))
 
     async def _finish(self) -> None:
-        self._stopping = True
         tasks = list(self._chats.values())
         if not tasks:
             return
