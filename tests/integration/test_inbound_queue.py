@@ -19,6 +19,7 @@ from core.ports import QueuedUpdate, TakenUpdate
 from storage.crypto import AesGcmVault
 from storage.db import SqlAlchemyUnitOfWorkFactory
 from storage.inflow import SqlAlchemyInboundQueue
+from storage.rekey import census
 from tests.fakes import FakeClock
 
 CHANNEL = "telegram"
@@ -239,3 +240,17 @@ async def test_stopping_finishes_the_update_in_hand_and_leaves_the_rest_queued(
     await until(lambda: again.of("a") == ["m:a:2", "m:a:3"])
     stop.set()
     await serving
+
+
+async def test_key_rotation_rewraps_queued_updates_so_pruning_the_old_key_loses_none(
+    uow_factory: SqlAlchemyUnitOfWorkFactory, clock: FakeClock
+) -> None:
+    old, new = os.urandom(32), os.urandom(32)
+    await SqlAlchemyInboundQueue(uow_factory.engine, AesGcmVault([old])).put(
+        CHANNEL, [taken("a", 1, '{"text": "135790"}')], clock.now()
+    )
+    found = await census(uow_factory, AesGcmVault([new, old]), rewrap=True)
+    assert found.rewrapped["inbound_queue.payload"] == 1 and not found.broken
+    pruned = SqlAlchemyInboundQueue(uow_factory.engine, AesGcmVault([new]))
+    (item,) = await pruned.claim_heads(CHANNEL, "p1", clock.now(), clock.now() + LEASE, 1)
+    assert item.payload == '{"text": "135790"}'
