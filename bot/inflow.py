@@ -36,8 +36,15 @@ from core.ports import Clock, InboundQueue, QueuedUpdate
 
 log = logging.getLogger(__name__)
 
+
+class RetryLater(Exception):  # noqa: N818 - it says what to do, not what went wrong
+    """A channel's handler says the update must be handled again later (its storage failed
+    and nothing of it was kept)."""
+
+
 # Failures that pass by themselves: the update is kept and tried again.
 RETRYABLE: tuple[type[BaseException], ...] = (
+    RetryLater,
     OperationalError,
     InterfaceError,
     ConnectionError,
