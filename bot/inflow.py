@@ -37,7 +37,7 @@ from core.ports import Clock, InboundQueue, QueuedUpdate
 log = logging.getLogger(__name__)
 
 
-class RetryLater(Exception):  # noqa: N818 - it says what to do, not what went wrong
+class RetryLater(Exception):
     """A channel's handler says the update must be handled again later (its storage failed
     and nothing of it was kept)."""
 
