@@ -2,8 +2,8 @@
 (tests/telegram_api.py) → getUpdates long polling → aiogram → the adapter → the conversation
 (SQLite) → sendMessage/answerCallbackQuery/editMessageReplyMarkup back to the fake server.
 Users sell concurrently (typed card numbers, no photos); each waits until the bot has handled
-its update (confirmed it to getUpdates) before sending the next, as a person waits for the
-answer. A benchmark: it prints numbers.
+its update (confirmed it to getUpdates, then handled it from its inbound queue) before sending
+the next, as a person waits for the answer. A benchmark: it prints numbers.
 
 By default the outbound limits are lifted so the figure is the bot's own throughput; with
 ``--real-limits`` (3 at once then 1 message/s per chat, 30/s overall) it shows what the limits
@@ -31,6 +31,7 @@ from bot.app import build_app
 from bot.runtime import RunOptions
 from bot.settings import Settings
 from bot.telegram import build_runner
+from tests.e2e.telegram_harness import watch_queue
 from tests.telegram_api import TOKEN, FakeTelegram, User
 
 
@@ -55,6 +56,7 @@ async def run(users: int, sales_per_user: int, real_limits: bool) -> dict[str, A
         **limits,
     )
     app = await build_app(settings)
+    watch_queue(tg, settings.database_url)
     runner = await build_runner(app, RunOptions())
     stop = asyncio.Event()
     serving = asyncio.create_task(runner.serve(stop))

@@ -189,6 +189,27 @@ class Settings(BaseSettings):
             "TELEGRAM_MESSAGES_PER_SECOND", "telegram_messages_per_second"
         ),
     )
+    # Inbound limits per sender: this many messages at once, then this many a minute; beyond
+    # that one calm "slow down" and the rest is dropped on purpose (core/inflow.py).
+    telegram_inbound_burst: int = Field(
+        20,
+        ge=1,
+        validation_alias=AliasChoices("TELEGRAM_INBOUND_BURST", "telegram_inbound_burst"),
+    )
+    telegram_inbound_per_minute: float = Field(
+        30.0,
+        gt=0,
+        validation_alias=AliasChoices(
+            "TELEGRAM_INBOUND_PER_MINUTE", "telegram_inbound_per_minute"
+        ),
+    )
+    # How long a process holds a chat's queued update without renewing it (a crashed process's
+    # chats are taken over after this).
+    inbound_lease_seconds: float = Field(
+        10.0,
+        gt=0,
+        validation_alias=AliasChoices("CARDBOT_INBOUND_LEASE_SECONDS", "inbound_lease_seconds"),
+    )
     # --- end telegram ---
 
     # --- broadcast (bot/broadcast.py) ---

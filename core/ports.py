@@ -947,3 +947,70 @@ class BroadcastUnitOfWorkFactory(Protocol):
     def __call__(self) -> BroadcastUnitOfWork:
         """A fresh unit of work."""
         ...
+
+
+# --------------------------------------------------------------------------------------------
+# Inbound queue: updates a channel delivered, confirmed to it at once and handled later, so one
+# person's backlog never holds up anyone else (bot/inflow.py).
+
+
+@dataclass(frozen=True)
+class TakenUpdate:
+    """One update as a channel delivered it: its dedupe key, the chat whose order it keeps,
+    and the raw payload (JSON text)."""
+
+    update_key: str
+    chat_key: str
+    payload: str
+
+
+@dataclass(frozen=True)
+class QueuedUpdate:
+    """A queued update leased to one process for handling."""
+
+    id: int
+    channel: str
+    update_key: str
+    chat_key: str
+    payload: str
+    attempts: int
+
+
+class InboundQueue(Protocol):
+    async def put(self, channel: str, updates: Sequence[TakenUpdate], at: datetime) -> int:
+        """Keep updates durably (sealed) in one transaction; a key already queued is skipped.
+        Returns how many were new. Raises when storage fails: nothing is then confirmed."""
+        ...
+
+    async def claim_heads(
+        self,
+        channel: str,
+        owner: str,
+        now: datetime,
+        lease_until: datetime,
+        limit: int,
+        chat_key: str | None = None,
+        busy: frozenset[str] = frozenset(),
+    ) -> Sequence[QueuedUpdate]:
+        """Lease the oldest update of up to ``limit`` chats (or of ``chat_key`` only) whose
+        oldest update is due and not leased by a live process; later updates of a chat wait.
+        Chats in ``busy`` (this process is working them: it claims their next one itself)
+        are left out."""
+        ...
+
+    async def renew(self, item_ids: Sequence[int], owner: str, lease_until: datetime) -> None:
+        """Extend leases this process holds while it is still handling them."""
+        ...
+
+    async def done(self, item_id: int, owner: str) -> None:
+        """The update was handled: forget it."""
+        ...
+
+    async def retry_later(self, item_id: int, owner: str, not_before: datetime) -> None:
+        """Handling failed for a reason that may pass (the database was unreachable): release
+        the lease; the chat's head is tried again from ``not_before``."""
+        ...
+
+    async def pending(self, channel: str) -> int:
+        """How many updates wait (for metrics and tests)."""
+        ...

@@ -2,10 +2,11 @@
 every sealed value opens.
 
 Sealed values live in a few columns (card numbers and secrets, real names, ID and phone
-numbers, payout accounts and their holders' names) and in conversation state (data fields
-ending in ``_enc``). Each is rewrapped with the context it was written with
-(``core.sealing``), in small batches, each batch its own transaction, so a rotation can run
-while the bots serve and can be resumed if interrupted.
+numbers, payout accounts and their holders' names), in conversation state (data fields
+ending in ``_enc``) and in the payloads of updates waiting in the inbound queue. Each is
+rewrapped with the context it was written with (``core.sealing``), in small batches, each
+batch its own transaction, so a rotation can run while the bots serve and can be resumed if
+interrupted.
 Fingerprints (HMAC) are not touched: they use the separate fingerprint key, which stays.
 """
 
@@ -32,7 +33,8 @@ from core.sealing import (
 )
 from storage.crypto import AesGcmVault
 from storage.db import SqlAlchemyUnitOfWorkFactory
-from storage.tables import CardRow, ConversationRow, PayoutAccountRow, UserRow
+from storage.inflow import payload_context
+from storage.tables import CardRow, ConversationRow, InboundQueueRow, PayoutAccountRow, UserRow
 
 BATCH = 200
 
@@ -165,6 +167,34 @@ async def _conversations(
         last_id = rows[-1][0]
 
 
+async def _inbound_queue(
+    factory: SqlAlchemyUnitOfWorkFactory, vault: AesGcmVault, census: SealedCensus, rewrap: bool
+) -> None:
+    """Updates waiting in the inbound queue (sealed under their channel and update key)."""
+    table = _table(InboundQueueRow)
+    last_id = 0
+    while True:
+        async with factory.engine.begin() as conn:
+            query = (
+                select(table.c.id, table.c.channel, table.c.update_key, table.c.payload)
+                .where(table.c.id > last_id)
+                .order_by(table.c.id)
+                .limit(BATCH)
+            )
+            rows = (await conn.execute(query.with_for_update() if rewrap else query)).all()
+            for row in rows:
+                row_id, context = int(row[0]), payload_context(str(row[1]), str(row[2]))
+                where = f"inbound_queue.payload#{row_id}"
+                fresh = _handle(vault, bytes(row[3]), context, where, census, rewrap)
+                if fresh is not None:
+                    await conn.execute(
+                        update(table).where(table.c.id == row_id).values(payload=fresh)
+                    )
+        if len(rows) < BATCH:
+            break
+        last_id = rows[-1][0]
+
+
 async def census(
     factory: SqlAlchemyUnitOfWorkFactory, vault: AesGcmVault, rewrap: bool = False
 ) -> SealedCensus:
@@ -172,4 +202,5 @@ async def census(
     result = SealedCensus(_primary=vault.primary_key_id)
     await _columns(factory, vault, result, rewrap)
     await _conversations(factory, vault, result, rewrap)
+    await _inbound_queue(factory, vault, result, rewrap)
     return result

@@ -634,3 +634,30 @@ class KeyHolderRow(Base):
     pid: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime]
     heartbeat_at: Mapped[datetime]
+
+
+# Inbound queue (bot/inflow.py): updates taken from a channel, confirmed to it, handled later.
+
+
+class InboundQueueRow(Base):
+    """An update a channel delivered that is confirmed to the channel (getUpdates advanced, the
+    webhook answered) and not yet handled. Handled per chat in id order; the row is deleted once
+    handled. ``payload`` is the update as the channel sent it, sealed (it can hold a card secret
+    or an ID number); ``owner``/``lease_until`` say which process is handling the chat's head."""
+
+    __tablename__ = "inbound_queue"
+    __table_args__ = (
+        UniqueConstraint("channel", "update_key"),
+        Index("ix_inbound_queue_channel_chat_key_id", "channel", "chat_key", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    update_key: Mapped[str] = mapped_column(String(64))
+    chat_key: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[bytes]
+    received_at: Mapped[datetime]
+    attempts: Mapped[int] = mapped_column(Integer)
+    not_before: Mapped[datetime]
+    owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None]

@@ -20,7 +20,7 @@ import json
 import random
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,6 +88,10 @@ class FakeTelegram:
     # is told the same, CARDBOT_TIME_SCALE), so a benchmark keeps the ratio and saves time.
     rate_limit: int | None = None
     time_scale: float = 1.0
+    # What else ``handled`` waits for once an update is confirmed: the bot confirms updates as
+    # soon as it has queued them, so a harness that knows the bot's database waits for the
+    # queue too (tests/e2e/telegram_harness.py: ``watch_queue``).
+    after_confirm: Callable[[dict[str, Any]], Awaitable[None]] | None = None
 
     def __post_init__(self) -> None:
         self._update_ids = itertools.count(random.randint(10**6, 10**9))
@@ -290,13 +294,15 @@ class FakeTelegram:
         return await asyncio.wait_for(found(), within)
 
     async def handled(self, update: dict[str, Any], within: float = 20.0) -> None:
-        """Wait until the bot confirmed ``update`` (a getUpdates with a higher offset): by then
-        it has handled it and sent everything it had to say about it."""
+        """Wait until the bot confirmed ``update`` (a getUpdates with a higher offset) and, with
+        ``after_confirm``, until it has handled it and sent everything it had to say."""
         uid = update["update_id"]
         await self.wait_for(
             lambda c: c.method == "getupdates" and int(c.params.get("offset") or 0) > uid,
             within=within,
         )
+        if self.after_confirm is not None:
+            await asyncio.wait_for(self.after_confirm(update), within)
 
     # -- HTTP ----------------------------------------------------------------------------------
 

@@ -5,13 +5,18 @@ conversation through :class:`~bot.telegram.adapter.TelegramAdapter`, one
 :class:`~bot.telegram.limiter.FlowControl` for every send, and returns a runner that either
 long-polls (default) or serves the webhook route on the shared HTTP server.
 
+**Taken in, then handled.** Whichever way updates arrive, :class:`~bot.telegram.intake.
+TelegramIntake` keeps them in the durable inbound queue first and only then confirms them to
+Telegram (the next getUpdates ``offset``; the webhook's 200): the next poll never waits for a
+batch to be handled, and the webhook's connections are never held by one person's backlog. If
+they cannot be kept (the database is down), nothing is confirmed — polling asks again from the
+same offset, the webhook answers 503 — so Telegram delivers them again. An
+:class:`~bot.inflow.InboundWorker` handles the queue: each chat in order, up to
+``CONCURRENT_CHATS`` chats at once, so one chat never blocks another.
+
 **At most once.** The conversation records each message's key in the inbox in the same
-transaction as its effect (keys: :mod:`bot.telegram.inbound`). Polling confirms a batch to
-getUpdates (the next call's ``offset``) only after every update in it has been handled, so a
-crash anywhere before that redelivers the batch and the redelivery does nothing. The webhook
-answers 2xx only after handling; an error answers 500 so Telegram retries, equally harmlessly.
-When the storage fails (nothing was kept), the webhook answers 503 and polling leaves the batch
-unconfirmed and fetches it again after a pause, so the message is handled once it is back.
+transaction as its effect (keys: :mod:`bot.telegram.inbound`), so an update queued or handled
+twice has its effect once.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import hmac
 import logging
 import re
 from collections.abc import Awaitable, Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
@@ -40,15 +46,18 @@ from aiogram.methods.base import TelegramMethod
 from aiogram.types import BotCommand, Update
 from aiogram.utils.token import TokenValidationError
 from aiohttp import web
-from pydantic import ValidationError
 
+from bot.inflow import InboundWorker
 from bot.runtime import ChannelConfigError
-from bot.telegram.adapter import RedeliverLater, TelegramAdapter
+from bot.telegram.adapter import CONCURRENT_CHATS, TelegramAdapter
 from bot.telegram.inbound import out_of_bounds
+from bot.telegram.intake import TelegramIntake
 from bot.telegram.limiter import CallKind, FlowControl
-from bot.telegram.outbound import TelegramCourier, TelegramSender
+from bot.telegram.outbound import CHANNEL, TelegramCourier, TelegramSender
 from bot.telegram.roles import Roles
+from core.inflow import InboundAllowance
 from handlers.i18n import DEFAULT_LANGUAGE, LANGUAGES, Translator
+from storage.inflow import SqlAlchemyInboundQueue
 
 if TYPE_CHECKING:
     from bot.app import App
@@ -62,7 +71,6 @@ SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 ALLOWED_UPDATES = ["message", "edited_message", "callback_query", "my_chat_member"]
 COMMANDS = ("start", "sell", "prices", "orders", "help", "human", "cancel")
 POLL_TIMEOUT_SECONDS = 25
-REDELIVER_PAUSE_SECONDS = 1.0
 _SECRET_FORMAT = re.compile(r"[A-Za-z0-9_-]{1,256}")
 
 
@@ -93,6 +101,8 @@ class TelegramRunner:
         bot: Bot,
         adapter: TelegramAdapter,
         sender: TelegramSender,
+        intake: TelegramIntake,
+        worker: InboundWorker,
         *,
         webhook_url: str | None = None,
         webhook_secret: str | None = None,
@@ -101,12 +111,12 @@ class TelegramRunner:
         self.bot = bot
         self.adapter = adapter
         self.sender = sender
+        self.intake = intake
+        self.worker = worker
         self.courier = TelegramCourier(sender)
         self.webhook_url = webhook_url
         self.webhook_secret = webhook_secret
         self.poll_timeout = poll_timeout
-        self.redeliver_pause = REDELIVER_PAUSE_SECONDS
-        self.redeliveries = 0  # batches left unconfirmed for storage trouble
 
     # -- ChannelRunner ------------------------------------------------------------------------
 
@@ -117,27 +127,34 @@ class TelegramRunner:
         return [web.post(path, self.on_webhook)]
 
     async def serve(self, stop: asyncio.Event) -> None:
-        await self.set_commands()
-        if self.webhook_url is not None:
-            await self._set_webhook()
-            await stop.wait()
-            return
-        await self.poll(stop)
+        working = asyncio.create_task(self.worker.serve(stop), name="telegram-inbound")
+        try:
+            await self.set_commands()
+            if self.webhook_url is not None:
+                await self._set_webhook()
+                await stop.wait()
+            else:
+                await self.poll(stop)
+        finally:
+            stop.set()
+            await working
 
     async def aclose(self) -> None:
+        await self.intake.aclose()
         await self.bot.session.close()
 
     # -- Receiving ----------------------------------------------------------------------------
 
     async def on_webhook(self, request: web.Request) -> web.Response:
         """Telegram's POST of one update: 401 without the secret, 400 when it is not an
-        update, 200 once handled, 500 (Telegram retries) when handling failed."""
+        update, 200 once it is queued, 503 (Telegram retries) when it could not be kept."""
         given = request.headers.get(SECRET_HEADER, "")
         if not hmac.compare_digest(given.encode(), (self.webhook_secret or "").encode()):
             log.warning("telegram webhook: request without the right secret refused")
             return web.Response(status=401, text="unauthorized")
         try:
-            update = Update.model_validate(await request.json(), context={"bot": self.bot})
+            body = await request.json()
+            update = Update.model_validate(body, context={"bot": self.bot})
         except (ValueError, RecursionError):
             # Not JSON (RecursionError: nested deeper than the parser goes), or not an update
             # (pydantic's ValidationError is a ValueError).
@@ -147,13 +164,10 @@ class TelegramRunner:
             log.warning("telegram update %s refused: %s out of bounds", update.update_id, too_big)
             return web.Response(status=400, text=f"not a Telegram update ({too_big})")
         try:
-            await self.adapter.handle_update(update)
-        except RedeliverLater:
-            log.warning("telegram update %s: storage unavailable; 503", update.update_id)
+            await self.intake.take([body])
+        except Exception as exc:
+            log.warning("telegram webhook: update not queued (%s)", type(exc).__name__)
             return web.Response(status=503, text="try again")
-        except Exception:
-            log.exception("telegram update %s failed", update.update_id)
-            return web.Response(status=500, text="failed")
         return web.Response(text="ok")
 
     async def poll(self, stop: asyncio.Event) -> None:
@@ -181,42 +195,23 @@ class TelegramRunner:
                 with contextlib.suppress(_Stopped):
                     await _unless_stopped(asyncio.sleep(min(30.0, 0.5 * 2**failures)), stop)
                 continue
-            failures = 0
             ids = [item["update_id"] for item in raw if isinstance(item.get("update_id"), int)]
             try:
-                await self.handle_raw(raw)
-            except RedeliverLater as exc:
-                # Storage trouble: nothing of those updates was kept. Leave the batch
-                # unconfirmed and fetch it again after a pause (what was handled is deduped).
-                self.redeliveries += 1
-                log.warning("telegram batch left unconfirmed: %s", exc)
+                await self.intake.take(raw)
+            except Exception as exc:
+                # Not kept, so not confirmed: the same batch comes again from this offset.
+                failures += 1
+                log.warning("telegram updates not queued (%s), retrying", type(exc).__name__)
                 with contextlib.suppress(_Stopped):
-                    await _unless_stopped(asyncio.sleep(self.redeliver_pause), stop)
+                    await _unless_stopped(asyncio.sleep(min(30.0, 0.5 * 2**failures)), stop)
                 continue
+            failures = 0
             if ids:
                 offset = max(ids) + 1
         if offset is not None:
             # Confirm the last batch now, so a restart does not fetch it again.
             with contextlib.suppress(Exception):
                 await self.bot(RawGetUpdates(offset=offset, timeout=0, limit=1))
-
-    async def handle_raw(self, raw: Sequence[dict[str, Any]]) -> None:
-        """Handle a getUpdates batch; a failure is logged with the update id and skipped."""
-        updates: list[Update] = []
-        for item in raw:
-            try:
-                update = Update.model_validate(item, context={"bot": self.bot})
-            except (ValidationError, RecursionError):
-                log.warning("telegram update %s is malformed; skipped", item.get("update_id"))
-                continue
-            too_big = out_of_bounds(update)
-            if too_big is not None:
-                log.warning(
-                    "telegram update %s: %s out of bounds; skipped", update.update_id, too_big
-                )
-                continue
-            updates.append(update)
-        await self.adapter.handle_batch(updates)
 
     # -- Setting up ---------------------------------------------------------------------------
 
@@ -303,6 +298,7 @@ async def build_runner(app: App, options: RunOptions) -> TelegramRunner:
         global_per_second=settings.telegram_messages_per_second,
     )
     sender = TelegramSender(bot, flow, app.uow_factory)
+    queue = SqlAlchemyInboundQueue(app.uow_factory.engine, app.services.sale.vault)
     adapter = TelegramAdapter(
         bot,
         app.conversation,
@@ -310,6 +306,28 @@ async def build_runner(app: App, options: RunOptions) -> TelegramRunner:
         sender,
         Roles.parse(settings.staff, settings.admins),
     )
+    worker = InboundWorker(
+        CHANNEL,
+        queue,
+        adapter.handle_queued,
+        app.services.sale.clock,
+        concurrency=CONCURRENT_CHATS,
+        lease=timedelta(seconds=settings.inbound_lease_seconds),
+    )
+    intake = TelegramIntake(
+        bot,
+        queue,
+        sender,
+        InboundAllowance(settings.telegram_inbound_burst, settings.telegram_inbound_per_minute),
+        app.services.sale.clock,
+        on_queued=worker.wake,
+    )
     return TelegramRunner(
-        bot, adapter, sender, webhook_url=options.webhook or None, webhook_secret=secret
+        bot,
+        adapter,
+        sender,
+        intake,
+        worker,
+        webhook_url=options.webhook or None,
+        webhook_secret=secret,
     )

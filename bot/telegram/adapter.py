@@ -2,7 +2,8 @@
 
 Routing by update type is aiogram's (a router built per adapter by :func:`build_router`); the
 translation rules are in :mod:`bot.telegram.inbound`, sending in :mod:`bot.telegram.outbound`.
-Updates of one chat are handled one after another (a per-chat lock), different chats at once.
+Updates come from the inbound queue (:mod:`bot.inflow`): a chat's one after another, chats at
+once; a per-chat lock keeps that order within the process whatever calls in.
 
 What each kind of update does:
 
@@ -15,8 +16,8 @@ What each kind of update does:
 - a button press → the conversation (an option from an old keyboard is refused there); the
   query is always answered, with the refusal as its toast; the pressed keyboard is removed —
   also when the press is a redelivery of one already handled (after a restart);
-- the storage failing while a message is handled → :class:`RedeliverLater`: the webhook
-  answers 5xx and polling leaves the batch unconfirmed, so Telegram delivers it again;
+- the storage failing while a message is handled → :class:`RedeliverLater`: the update stays
+  in the inbound queue and is handled again once the storage is back;
 - ``my_chat_member`` → the user is (un)reachable when they block (unblock) the bot;
 - a reply marked ``delete_inbound`` (it carried a card secret, an ID or account number) →
   the user's message is deleted and the reply says so (or asks them to delete it themselves).
@@ -27,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
@@ -40,6 +42,7 @@ from aiogram.exceptions import TelegramAPIError, TelegramBadRequest
 from aiogram.types import CallbackQuery, ChatMemberUpdated, Message, Update
 from aiogram.types.update import UpdateTypeLookupError
 
+from bot.inflow import RetryLater
 from bot.telegram.inbound import (
     LIST_SUFFIXES,
     MAX_DOWNLOAD_BYTES,
@@ -56,7 +59,7 @@ from bot.telegram.outbound import CHANNEL, TelegramSender
 from bot.telegram.roles import Roles
 from core.messages import Inbound, Reply
 from core.model import Role
-from core.ports import UnitOfWorkFactory
+from core.ports import QueuedUpdate, UnitOfWorkFactory
 from handlers.engine import Conversation, TurnKind
 from handlers.i18n import Translator, resolve_language
 
@@ -64,7 +67,7 @@ log = logging.getLogger(__name__)
 
 # Answer a button press with the outcome when it is known this fast, else answer at once.
 ANSWER_WITHIN_SECONDS = 2.0
-# Chats handled at once from one batch of updates (each holds a database connection).
+# Chats handled at once by one process (each holds a database connection while it works).
 CONCURRENT_CHATS = 16
 
 # Content a person sends that we cannot use: they get a clear reply.
@@ -93,9 +96,9 @@ class _TooLarge(Exception):
     """The file is over the 20 MB the Bot API lets a bot download."""
 
 
-class RedeliverLater(Exception):
-    """Handling failed in the infrastructure (nothing was kept): Telegram must deliver the
-    update again — the webhook answers 5xx, polling does not confirm the batch."""
+class RedeliverLater(RetryLater):
+    """Handling failed in the infrastructure (nothing was kept): the update stays in the
+    inbound queue and is handled again later (bot/inflow.py)."""
 
 
 def build_router(adapter: TelegramAdapter) -> Router:
@@ -141,7 +144,6 @@ class TelegramAdapter:
         self.dispatcher = Dispatcher()
         self.dispatcher.include_router(build_router(self))
         self._locks: defaultdict[int | None, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._slots = asyncio.Semaphore(CONCURRENT_CHATS)
 
     def role_of(self, user_id: str) -> Role:
         """Customer, staff or admin (``CARDBOT_STAFF`` / ``CARDBOT_ADMINS``)."""
@@ -160,30 +162,10 @@ class TelegramAdapter:
         async with self._chat_lock(chat_of(update)):
             await self.dispatcher.feed_update(self.bot, update)
 
-    async def handle_batch(self, updates: Sequence[Update]) -> None:
-        """Handle a batch from getUpdates: each chat's updates in order, chats side by side."""
-        by_chat: dict[int | None, list[Update]] = defaultdict(list)
-        for update in sorted(updates, key=lambda u: u.update_id):
-            by_chat[chat_of(update)].append(update)
-
-        again: list[int] = []
-
-        async def chat_in_order(chat_updates: list[Update]) -> None:
-            async with self._slots:
-                for n, update in enumerate(chat_updates):
-                    try:
-                        await self.handle_update(update)
-                    except RedeliverLater:
-                        # This chat's later updates wait for it: they come again with it.
-                        again.extend(u.update_id for u in chat_updates[n:])
-                        return
-                    except Exception:
-                        # Not redelivered (the batch is confirmed): logged by id, never silent.
-                        log.exception("telegram update %s failed", update.update_id)
-
-        await asyncio.gather(*(chat_in_order(u) for u in by_chat.values()))
-        if again:
-            raise RedeliverLater(f"updates {min(again)}…{max(again)} to be delivered again")
+    async def handle_queued(self, item: QueuedUpdate) -> None:
+        """Handle one update the inbound worker took from the queue (bot/inflow.py)."""
+        update = Update.model_validate(json.loads(item.payload), context={"bot": self.bot})
+        await self.handle_update(update)
 
     @contextlib.asynccontextmanager
     async def _chat_lock(self, chat: int | None) -> AsyncIterator[None]:

@@ -11,9 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from aiogram.types import Update
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
 
+from bot.telegram.intake import update_key
 from core.model import Order
 from storage.db import SqlAlchemyUnitOfWorkFactory
 from tests.telegram_api import FakeTelegram, User
@@ -21,6 +24,38 @@ from tests.telegram_api import FakeTelegram, User
 ROOT = Path(__file__).resolve().parents[2]
 CARDBOT = [sys.executable, "-m", "bot.cli"]
 WEBHOOK_SECRET = "s3cret_for-the-webhook"
+
+
+def watch_queue(tg: FakeTelegram, database_url: str) -> None:
+    """Make ``tg.handled`` (and so :class:`Player`) wait until the bot has *handled* an update,
+    not only confirmed it: the bot confirms an update once it is in its inbound queue and
+    deletes it from there once handled (bot/inflow.py)."""
+
+    async def settled(update: dict[str, Any]) -> None:
+        try:
+            key = update_key(Update.model_validate(update))
+        except ValueError:
+            return  # malformed: the bot skips it without queueing
+        engine = create_async_engine(database_url, poolclass=NullPool)
+        try:
+            while True:
+                async with engine.connect() as conn:
+                    queued = (
+                        await conn.execute(
+                            text(
+                                "SELECT 1 FROM inbound_queue"
+                                " WHERE channel = 'telegram' AND update_key = :key"
+                            ),
+                            {"key": key},
+                        )
+                    ).first()
+                if queued is None:
+                    return
+                await asyncio.sleep(0.02)
+        finally:
+            await engine.dispose()
+
+    tg.after_confirm = settled
 
 
 class BotProcess:
@@ -138,9 +173,9 @@ class BotProcess:
 
 
 class Player:
-    """Delivers updates to the bot the way Telegram would, and waits until they are handled:
-    by polling (the bot confirms them with its next getUpdates) or by webhook (the POST
-    returns once the update is handled)."""
+    """Delivers updates to the bot the way Telegram would — by polling (the bot confirms them
+    with its next getUpdates) or by webhook (the POST returns once the update is queued) — and,
+    with :func:`watch_queue` on, waits until they are handled."""
 
     def __init__(self, tg: FakeTelegram, webhook_url: str | None = None) -> None:
         self.tg = tg
@@ -163,6 +198,8 @@ class Player:
                     timeout=aiohttp.ClientTimeout(total=30),
                 ) as response:
                     statuses.append(response.status)
+                if response.status == 200 and self.tg.after_confirm is not None:
+                    await asyncio.wait_for(self.tg.after_confirm(update), 30)
         return statuses
 
     async def say(self, update: dict[str, Any]) -> list[str]:

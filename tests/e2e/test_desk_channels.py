@@ -14,7 +14,7 @@ import pytest
 from bot.democard import render_card_photo
 from core.model import OrderStatus
 from storage.db import SqlAlchemyUnitOfWorkFactory
-from tests.e2e.telegram_harness import Player, wait_until_ready
+from tests.e2e.telegram_harness import Player, wait_until_ready, watch_queue
 from tests.e2e.test_wechat import ALIPAY, ID_NUMBER, NAME, PHONE, WALMART, User
 from tests.telegram_api import TOKEN, FakeTelegram
 from tests.telegram_api import User as TelegramUser
@@ -59,6 +59,7 @@ class Stage:
         if not self.database_url.startswith("sqlite"):
             await migrate(env)
         self.bot = BotProcess(env, self.tmp_path / "bot.log", channels=("all",))
+        watch_queue(self.tg, self.database_url)
         await self.bot.start(self.session)
         await wait_until_ready(self.tg, polling=True)
 

@@ -13,7 +13,13 @@ import pytest
 from bot.democard import render_card_photo
 from core.model import OrderStatus
 from handlers.i18n import Translator
-from tests.e2e.telegram_harness import WEBHOOK_SECRET, BotProcess, Player, wait_until_ready
+from tests.e2e.telegram_harness import (
+    WEBHOOK_SECRET,
+    BotProcess,
+    Player,
+    wait_until_ready,
+    watch_queue,
+)
 from tests.telegram_api import FakeTelegram, User
 
 WALMART = ("2326081744029136", "135790")  # ¥500, active (bot/sandbox/cards.csv)
@@ -37,6 +43,7 @@ async def bot(tmp_path: Path, database_url: str, tg: FakeTelegram) -> AsyncItera
     # The sale tests answer instantly, as no person does: lift the per-chat pacing so they do
     # not wait a second a message. The limits themselves are tested in test_telegram_flow.py.
     process = BotProcess(tmp_path, database_url, tg.base_url, TELEGRAM_CHAT_BURST="100")
+    watch_queue(tg, database_url)
     try:
         yield process
     finally:

@@ -1,6 +1,8 @@
 """The Telegram channel in one process against the Bot API test server: what storage trouble does
 to an update (issue 12, item 8) and what a button press delivered again after a restart gets
-(item 11) — on SQLite and PostgreSQL."""
+(item 11) — on SQLite and PostgreSQL. Updates are confirmed once they are in the inbound queue
+and handled from there (bot/inflow.py): trouble while handling keeps the update queued for
+another try; trouble while queueing confirms nothing, so Telegram delivers it again."""
 
 from __future__ import annotations
 
@@ -16,11 +18,14 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from sqlalchemy.exc import OperationalError
 
 from bot.runtime import RunOptions
 from bot.telegram import SECRET_HEADER, TelegramRunner, build_runner
+from core.ports import TakenUpdate
 from handlers.engine import Conversation
 from tests.e2e.conftest import Harness
+from tests.e2e.telegram_harness import watch_queue
 from tests.e2e.test_delivery_faults import FailingCommits
 from tests.telegram_api import TOKEN, FakeTelegram, User
 
@@ -61,7 +66,7 @@ async def world(tmp_path: Path, database_url: str) -> AsyncIterator[World]:
     await h.start()
     assert h.app is not None
     runner = await build_runner(h.app, RunOptions(webhook="http://127.0.0.1:1/hook"))
-    runner.redeliver_pause = 0.01
+    watch_queue(tg, database_url)
     try:
         yield World(h, tg, runner)
     finally:
@@ -70,53 +75,78 @@ async def world(tmp_path: Path, database_url: str) -> AsyncIterator[World]:
         await tg.close()
 
 
+class FailingPuts:
+    """An inbound queue whose next ``failures`` puts fail as a lost connection does."""
+
+    def __init__(self, inner: Any, failures: int) -> None:
+        self.inner = inner
+        self.failures = failures
+
+    async def put(self, channel: str, updates: list[TakenUpdate], at: Any) -> int:
+        if self.failures:
+            self.failures -= 1
+            raise OperationalError("INSERT", {}, ConnectionResetError("connection lost"))
+        return int(await self.inner.put(channel, updates, at))
+
+
 @contextlib.asynccontextmanager
-async def polling(w: World) -> AsyncIterator[None]:
+async def working(w: World, *, poll: bool = True) -> AsyncIterator[None]:
+    """The runner's inbound worker (and, with ``poll``, its long polling) until the block ends."""
     stop = asyncio.Event()
-    task = asyncio.create_task(w.runner.poll(stop))
+    tasks = [asyncio.create_task(w.runner.worker.serve(stop))]
+    if poll:
+        tasks.append(asyncio.create_task(w.runner.poll(stop)))
     try:
         yield
     finally:
         stop.set()
-        await asyncio.wait_for(task, 30)
+        await asyncio.wait_for(asyncio.gather(*tasks), 30)
 
 
-async def test_polling_leaves_an_update_unconfirmed_while_storage_fails_then_handles_it(
+async def test_storage_trouble_while_handling_keeps_the_update_queued_and_it_is_handled_later(
     world: World,
 ) -> None:
     alice = User(2001)
     world.fail_next_commits(1)
     update = world.tg.text_update(alice, "/start")
-    async with polling(world):
+    async with working(world):
         world.tg.push(update)
+        await world.tg.wait_for(  # confirmed at once: it is kept in the inbound queue
+            lambda c: (
+                c.method == "getupdates" and int(c.params.get("offset") or 0) > update["update_id"]
+            )
+        )
+        assert world.tg.texts(alice.id) == []  # the first try kept nothing, said nothing
+        world.h.clock.advance(seconds=1)  # the retry's pause
+        world.runner.worker.wake()
         await world.tg.handled(update)
-    assert world.runner.redeliveries == 1  # the first try kept nothing and confirmed nothing
-    offsets = [
-        int(c.params.get("offset") or 0) for c in world.tg.calls if c.method == "getupdates"
-    ]
-    confirmed = update["update_id"] + 1
-    # Fetched twice without confirming (no offset), then confirmed once it was handled.
-    assert offsets.index(confirmed) >= 2 and set(offsets[: offsets.index(confirmed)]) == {0}
     said = world.tg.texts(alice.id)
-    assert len(said) == 1 and "卡回收助手" in said[0]  # answered once, after the redelivery
+    assert len(said) == 1 and "卡回收助手" in said[0]  # answered once, after the retry
 
 
 async def test_the_webhook_answers_503_while_storage_fails_and_the_retry_is_handled(
     world: World,
 ) -> None:
     bob = User(2002)
-    world.fail_next_commits(1)
+    queue = world.runner.intake._queue
+    world.runner.intake._queue = FailingPuts(queue, 1)  # type: ignore[assignment]
     update = world.tg.text_update(bob, "/start")
     app = web.Application()
     app.add_routes(world.runner.routes())
-    async with TestServer(app) as server, aiohttp.ClientSession() as session:
+    async with (
+        working(world, poll=False),
+        TestServer(app) as server,
+        aiohttp.ClientSession() as session,
+    ):
         url = server.make_url("/hook")
         headers = {SECRET_HEADER: SECRET}
         async with session.post(url, json=update, headers=headers) as first:
-            assert first.status == 503
+            assert first.status == 503  # not kept: Telegram must send it again
         assert world.tg.texts(bob.id) == []
         async with session.post(url, json=update, headers=headers) as again:  # Telegram retries
             assert again.status == 200
+        assert world.tg.after_confirm is not None
+        await asyncio.wait_for(world.tg.after_confirm(update), 30)
     said = world.tg.texts(bob.id)
     assert len(said) == 1 and "卡回收助手" in said[0]
 
@@ -125,7 +155,7 @@ async def test_a_button_press_delivered_again_after_a_restart_loses_its_keyboard
     world: World,
 ) -> None:
     carol = User(2003)
-    async with polling(world):
+    async with working(world):
         start = world.tg.text_update(carol, "/start")
         world.tg.push(start)
         await world.tg.handled(start)

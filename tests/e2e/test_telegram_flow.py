@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from handlers.i18n import Translator
-from tests.e2e.telegram_harness import BotProcess, Player, wait_until_ready
+from tests.e2e.telegram_harness import BotProcess, Player, wait_until_ready, watch_queue
 from tests.telegram_api import FakeTelegram, User
 
 ZH = Translator("zh")
@@ -31,6 +31,7 @@ async def tg() -> AsyncIterator[FakeTelegram]:
 @pytest.fixture
 async def bot(tmp_path: Path, database_url: str, tg: FakeTelegram) -> AsyncIterator[BotProcess]:
     process = BotProcess(tmp_path, database_url, tg.base_url)  # the default, real limits
+    watch_queue(tg, database_url)
     await process.start()
     await wait_until_ready(tg, polling=True)
     try:

@@ -9,6 +9,7 @@ signed a year ago or five minutes ago is a matter of arithmetic, not of waiting.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -26,6 +27,7 @@ from bot.telegram import TelegramRunner
 from bot.telegram import build_runner as telegram_build_runner
 from bot.wechat import WeChatRunner, build_runner
 from tests.e2e.conftest import database_url  # noqa: F401 - a fixture, used by the tests here
+from tests.e2e.telegram_harness import watch_queue
 from tests.fakes import FakeClock
 from tests.telegram_api import FakeTelegram
 from tests.wechat_peer import (
@@ -139,6 +141,8 @@ class TelegramBot:
         self.session = aiohttp.ClientSession()
         self.app: App | None = None
         self.runner: TelegramRunner | None = None
+        self._stop = asyncio.Event()
+        self._working: asyncio.Task[None] | None = None
         self.http: HttpServer | None = None
         self.url = ""
 
@@ -161,23 +165,33 @@ class TelegramBot:
         self.runner = await telegram_build_runner(
             self.app, RunOptions(webhook="https://bot.example/tg")
         )
+        # The webhook only queues an update; the runner's inbound worker handles it.
+        watch_queue(self.tg, self.database_url)
+        self._working = asyncio.create_task(self.runner.worker.serve(self._stop))
         self.http = HttpServer(self.runner.routes())
         port = await self.http.start("127.0.0.1", 0)
         self.url = f"http://127.0.0.1:{port}/tg"
 
     async def post(self, body: bytes | dict[str, Any]) -> tuple[int, str]:
-        """POST to the webhook as Telegram does (with the secret): (status, text)."""
+        """POST to the webhook as Telegram does (with the secret): (status, text); a queued
+        update is waited for until it is handled."""
         data = json.dumps(body).encode() if isinstance(body, dict) else body
         async with self.session.post(
             self.url,
             data=data,
             headers={"X-Telegram-Bot-Api-Secret-Token": self.SECRET, **JSON},
         ) as response:
-            return response.status, await response.text()
+            answer = response.status, await response.text()
+        if answer[0] == 200 and isinstance(body, dict) and self.tg.after_confirm is not None:
+            await asyncio.wait_for(self.tg.after_confirm(body), 30)
+        return answer
 
     async def close(self) -> None:
         if self.http is not None:
             await self.http.close()
+        self._stop.set()
+        if self._working is not None:
+            await self._working
         if self.runner is not None:
             await self.runner.aclose()
         if self.app is not None:

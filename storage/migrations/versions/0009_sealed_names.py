@@ -14,7 +14,7 @@ payout_accounts are referenced by other tables, and a rebuild would trip their f
 a NOT NULL column is added with an empty default there.
 
 Revision ID: 0009
-Revises: 0007
+Revises: 0008
 Create Date: 2026-12-04 00:00:00
 """
 
@@ -28,7 +28,7 @@ from core.sealing import holder_context, user_context
 from storage.migrate import vault_for_migration
 
 revision: str = "0009"
-down_revision: str | None = "0007"
+down_revision: str | None = "0008"
 branch_labels: str | tuple[str, ...] | None = None
 depends_on: str | tuple[str, ...] | None = None
 

@@ -1,7 +1,7 @@
 """Data-key generations and the processes holding them (key rotation coordination).
 
 Revision ID: 0012
-Revises: 0007
+Revises: 0011
 Create Date: 2026-12-04 00:00:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0012"
-down_revision: str | None = "0007"
+down_revision: str | None = "0011"
 branch_labels: str | tuple[str, ...] | None = None
 depends_on: str | tuple[str, ...] | None = None
 
