@@ -133,7 +133,9 @@ class WeChatCourier:
             if size > MAX_TEXT_BYTES + 2:
                 break
             merged.append(more)
-        text = "\n\n".join(t for part in merged for t in part)
+        # One message's text too long for one WeChat message goes as its pieces, in order.
+        pieces = merged[0] if len(merged[0]) > 1 else ["\n\n".join(t for p in merged for t in p)]
+        text = "\n\n".join(pieces)
         taken = len(merged)
         notice = messages[0].kind is OutboxKind.NOTICE
         if notice and self._template_id and await self._by_template(recipient, text):
@@ -143,7 +145,8 @@ class WeChatCourier:
         if open_window(contact, self._clock.now()) is None:
             return Handed(taken, Held("outside the customer-service window"))
         try:
-            await self._api.send_text(recipient, text)
+            for piece in pieces:
+                await self._api.send_text(recipient, piece)
         except WeChatUnavailable as exc:
             return Handed(taken, Retry(str(exc)))
         except WeChatApiError as exc:
