@@ -388,6 +388,10 @@ def bot_env(tmp_path: Path, database_url: str, api_base: str, **extra: str) -> d
             "WECHAT_APP_SECRET": APP_SECRET,
             "WECHAT_AES_KEY": AES_KEY,
             "WECHAT_API_BASE": api_base,
+            # WeChat's own 5-second window is a real-time budget: a busy test machine must not
+            # turn passive replies into customer-service messages. Tests of what happens past
+            # the deadline set it back to the production 4 s (and make the step take longer).
+            "WECHAT_REPLY_DEADLINE_SECONDS": "20",
         }
     )
     env.update(extra)
