@@ -121,7 +121,7 @@ class WeChatApiPeer:
         ]
 
     async def wait_for(
-        self, condition: Callable[[], Any], seconds: float = 20.0, what: str = "a call"
+        self, condition: Callable[[], Any], seconds: float = 60.0, what: str = "a call"
     ) -> Any:
         """Wait (polling, with a deadline) until ``condition()`` is truthy; returns it."""
         deadline = time.monotonic() + seconds
@@ -429,7 +429,7 @@ class BotProcess:
         self.log_path = log_path
         self.process: asyncio.subprocess.Process | None = None
 
-    async def start(self, session: aiohttp.ClientSession, seconds: float = 60.0) -> None:
+    async def start(self, session: aiohttp.ClientSession, seconds: float = 120.0) -> None:
         self._log = self.log_path.open("ab")
         self.process = await asyncio.create_subprocess_exec(
             sys.executable,
