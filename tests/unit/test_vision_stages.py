@@ -276,7 +276,9 @@ def test_resampling_runs_only_with_its_fixed_cost_left_and_does_not_price_the_ca
     reader.read_sync(rippled_png := _png(rippled_qr(0)))
     assert calls == []
 
-    roomy = PyzbarCardReader(ocr=None, crops=(), cascade=counting((qr_step,), calls))
+    roomy = PyzbarCardReader(
+        budget_ms=UNHURRIED_MS, ocr=None, crops=(), cascade=counting((qr_step,), calls)
+    )
     assert roomy.read_sync(rippled_png).barcodes
     assert calls == ["qr_resample"]
 
