@@ -65,6 +65,7 @@ async def run(users: int, sales_per_user: int, mode: str) -> dict[str, object]:
         peer.base,
         CARDBOT_SANDBOX_CARDS=str(workdir / "cards.csv"),
         CARDBOT_LOG_LEVEL="WARNING",
+        WECHAT_REPLY_DEADLINE_SECONDS="4",  # the production deadline (tests lift it)
     )
     if mode == "plaintext":
         env.update(WECHAT_MODE="plaintext", WECHAT_AES_KEY="")

@@ -279,7 +279,7 @@ class FakeTelegram:
         return [c for c in self.calls if c.method in SEND_METHODS and (c.ok or not ok_only)]
 
     async def wait_for(
-        self, predicate: Callable[[Call], bool], *, since: int = 0, within: float = 20.0
+        self, predicate: Callable[[Call], bool], *, since: int = 0, within: float = 60.0
     ) -> Call:
         """The first call from index ``since`` on that matches, waiting for it if need be."""
 
@@ -293,7 +293,7 @@ class FakeTelegram:
 
         return await asyncio.wait_for(found(), within)
 
-    async def handled(self, update: dict[str, Any], within: float = 20.0) -> None:
+    async def handled(self, update: dict[str, Any], within: float = 60.0) -> None:
         """Wait until the bot confirmed ``update`` (a getUpdates with a higher offset) and, with
         ``after_confirm``, until it has handled it and sent everything it had to say."""
         uid = update["update_id"]

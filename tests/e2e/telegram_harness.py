@@ -223,7 +223,7 @@ def _chat_of(update: dict[str, Any]) -> int | None:
     return None
 
 
-async def wait_until_ready(tg: FakeTelegram, *, polling: bool, within: float = 30.0) -> None:
+async def wait_until_ready(tg: FakeTelegram, *, polling: bool, within: float = 120.0) -> None:
     """The bot is ready once it has registered its commands and is polling (or has set its
     webhook)."""
     method = "getupdates" if polling else "setwebhook"

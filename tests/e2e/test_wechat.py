@@ -45,6 +45,11 @@ RTMART = "2801527364099"  # no secret, ¥500 (R1)
 NAME, ID_NUMBER, PHONE = "李雷", "11010519491231002X", "13912345678"
 ALIPAY = "lilei.pays@example.com"
 ZH = Translator("zh")
+# The production deadline (4 s), and a payout step that takes longer than it on any machine.
+PAST_THE_DEADLINE = {
+    "WECHAT_REPLY_DEADLINE_SECONDS": "4",
+    "CARDBOT_SANDBOX_PAYOUT_DELAY_SECONDS": "6",
+}
 OPTION = re.compile(r"^(\d+)\. (.+)$", re.MULTILINE)
 
 
@@ -250,7 +255,7 @@ async def test_the_same_push_three_times_makes_one_order_and_one_reply(world: Wo
 async def test_a_step_longer_than_five_seconds_reaches_the_user_once_by_customer_service(
     world: World,
 ) -> None:
-    bot = await world.bot(CARDBOT_SANDBOX_PAYOUT_DELAY_SECONDS="6")
+    bot = await world.bot(**PAST_THE_DEADLINE)
     user = User(world.pusher(bot), "o_slow")
     await sell_walmart_until_confirm(user, world.peer)
     confirm = text_xml(user.openid, user.number_of("pay.confirm"), next_msg_id())
@@ -268,7 +273,7 @@ async def test_a_step_longer_than_five_seconds_reaches_the_user_once_by_customer
 
 
 async def test_a_retry_during_a_slow_step_gets_the_one_reply(world: World) -> None:
-    bot = await world.bot(CARDBOT_SANDBOX_PAYOUT_DELAY_SECONDS="6")
+    bot = await world.bot(**PAST_THE_DEADLINE)
     user = User(world.pusher(bot), "o_slow_retry")
     await sell_walmart_until_confirm(user, world.peer)
     confirm = text_xml(user.openid, user.number_of("pay.confirm"), next_msg_id())
