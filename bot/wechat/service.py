@@ -106,8 +106,12 @@ class PushService:
         push's body is not signed) is not served: start refused it; this covers later grants."""
         if self._security.mode != "plaintext":
             return
-        async with self._uow_factory() as uow:
-            role = await uow.role_grants.role_of(f"{CHANNEL}:{push.openid}")
+        try:
+            async with self._uow_factory() as uow:
+                role = await uow.role_grants.role_of(f"{CHANNEL}:{push.openid}")
+        except Exception as exc:
+            log.error("cannot read granted roles: %s", type(exc).__name__, exc_info=True)
+            raise PushRejected(503, "cannot check the sender now") from exc
         if role is not None:
             log.error("a WeChat %s writes while pushes are in plaintext mode: refused", role.value)
             raise PushRejected(403, "staff and admins are not served in plaintext mode")
