@@ -66,7 +66,7 @@ async def test_over_wechat_a_slow_payout_sends_one_receipt(
     world = World(tmp_path, database_url)
     await world.peer.start()
     try:
-        bot = await world.bot(**SLOW)
+        bot = await world.bot(WECHAT_REPLY_DEADLINE_SECONDS="4", **SLOW)  # production's
         user = WeChatUser(world.pusher(bot), "o_slow")
         await sell_walmart_until_confirm(user, world.peer)
         answer = await user.choose("pay.confirm")  # past WeChat's 5 s: answered "success"

@@ -51,6 +51,7 @@ async def bot(tmp_path: Path, database_url: str, tg: FakeTelegram) -> AsyncItera
 
 
 async def polling(bot: BotProcess, tg: FakeTelegram) -> Player:
+    watch_queue(tg, bot.database_url)  # a Player waits until each update is handled
     await bot.start()
     await wait_until_ready(tg, polling=True)
     return Player(tg)

@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from bot.runtime import RunOptions
@@ -103,6 +104,17 @@ async def working(w: World, *, poll: bool = True) -> AsyncIterator[None]:
         await asyncio.wait_for(asyncio.gather(*tasks), 30)
 
 
+async def first_try_failed(world: World) -> None:
+    """Wait until the worker has tried the queued update once and put it back for later."""
+    engine = world.h.app.uow_factory.engine  # type: ignore[union-attr]
+    while True:
+        async with engine.connect() as conn:
+            row = (await conn.execute(text("SELECT attempts, owner FROM inbound_queue"))).first()
+        if row is not None and row[0] >= 1 and row[1] is None:
+            return
+        await asyncio.sleep(0.02)
+
+
 async def test_storage_trouble_while_handling_keeps_the_update_queued_and_it_is_handled_later(
     world: World,
 ) -> None:
@@ -116,6 +128,7 @@ async def test_storage_trouble_while_handling_keeps_the_update_queued_and_it_is_
                 c.method == "getupdates" and int(c.params.get("offset") or 0) > update["update_id"]
             )
         )
+        await asyncio.wait_for(first_try_failed(world), 30)
         assert world.tg.texts(alice.id) == []  # the first try kept nothing, said nothing
         world.h.clock.advance(seconds=1)  # the retry's pause
         world.runner.worker.wake()

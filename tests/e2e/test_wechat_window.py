@@ -21,7 +21,7 @@ from bot.wechat.delivery import MESSAGE_QUOTA, WeChatCourier, WeChatOutbox
 from bot.wechat.protocol import PushSecurity, parse_push
 from bot.wechat.service import PushService
 from tests.e2e.conftest import Harness
-from tests.wechat_peer import APP_ID, TOKEN, text_xml
+from tests.wechat_peer import ACCOUNT, APP_ID, TOKEN, text_xml
 
 STAFF = "telegram:900"
 
@@ -45,7 +45,7 @@ class WeChatDesk:
         self.h = h
         self.api = RecordingApi()
         self.push = PushService(
-            PushSecurity(TOKEN, APP_ID, "plaintext"),
+            PushSecurity(TOKEN, APP_ID, "plaintext", account_id=ACCOUNT),
             h.app.conversation,
             h.app.uow_factory,
             api=None,  # type: ignore[arg-type]  # text pushes need no API

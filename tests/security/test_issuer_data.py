@@ -4,11 +4,13 @@ paid. It is refused as an issuer error, and the user is told plainly."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from bot.sandbox.issuer import SandboxCardIssuer
 from core.catalog import default_catalog
 from core.model import OrderStatus
+from storage.crypto import AesGcmVault
 from tests.e2e.conftest import Harness, database_url
 from tests.e2e.test_console_batch import card_file, walmart
 from tests.e2e.test_console_sale import ZH
@@ -23,7 +25,11 @@ GOOD = walmart(91)
 def misreporting(h: Harness, tmp_path: Path) -> None:
     """The cards are real ¥500 cards; the issuer reports ¥5,000 on INFLATED."""
     inner = SandboxCardIssuer(
-        h.settings.sandbox_cards, tmp_path / "issuer.sqlite3", default_catalog(), h.clock
+        h.settings.sandbox_cards,
+        tmp_path / "issuer.sqlite3",
+        default_catalog(),
+        h.clock,
+        fingerprint=AesGcmVault([os.urandom(32)]).fingerprint,
     )
     h.ports["issuer"] = MisreportingIssuer(inner, {INFLATED[0]: 500_000})
 
