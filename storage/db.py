@@ -294,11 +294,14 @@ class SqlAlchemyUnitOfWorkFactory:
 
 def is_transient(exc: BaseException) -> bool:
     """Whether a failure is the database's or its connection's (down, unreachable, locked,
-    restarted, out of connections) rather than the program's: then nothing was kept and the
-    work may be done again. Integrity and programming errors are not transient."""
+    restarted, out of connections; or this process could not confirm its data key with it
+    lately) rather than the program's: then nothing was kept and the work may be done again.
+    Integrity and programming errors are not transient."""
     from sqlalchemy import exc as sa_exc
 
-    if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)):
+    from storage.keyring import KeyGenerationStale
+
+    if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError, KeyGenerationStale)):
         return True
     if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
         return True

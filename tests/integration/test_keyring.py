@@ -200,3 +200,11 @@ async def test_a_process_that_cannot_open_the_newest_key_is_refused_even_if_no_o
     assert restarted.sealing_key_id == running.sealing_key_id
     await running.stop()
     await restarted.stop()
+
+
+def test_a_seal_refused_for_a_stale_key_generation_is_storage_trouble_worth_a_retry() -> None:
+    from storage.db import is_transient
+    from storage.keyring import KeyGenerationStale
+
+    assert is_transient(KeyGenerationStale("not confirmed lately"))
+    assert not is_transient(ValueError("a bug"))
