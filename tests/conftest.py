@@ -48,6 +48,7 @@ from sqlalchemy.pool import NullPool
 
 from storage.db import SqlAlchemyUnitOfWorkFactory, make_engine
 from storage.tables import metadata
+from tests.telegram_api import FakeTelegram
 
 TEST_DATABASE_URL_ENV = "CARDBOT_TEST_DATABASE_URL"
 
@@ -212,3 +213,14 @@ async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
             await engine.dispose()
     finally:
         await _execute(url, f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture
+async def tg() -> AsyncIterator[FakeTelegram]:
+    """A Bot-API-compatible server on 127.0.0.1 (tests/telegram_api.py), closed after the test."""
+    server = FakeTelegram()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.close()

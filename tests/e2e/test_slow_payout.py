@@ -9,7 +9,6 @@ receipt queued by anyone would have been sent by then; no sleeping to prove a ne
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -29,16 +28,6 @@ SLOW = {
     "CARDBOT_UNFINISHED_POLL_SECONDS": "0.2",  # and the resume pass runs ~25 times meanwhile
 }
 RECEIPT = "【电子回单】"
-
-
-@pytest.fixture
-async def tg() -> AsyncIterator[FakeTelegram]:
-    server = FakeTelegram()
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.close()
 
 
 async def test_over_telegram_a_slow_payout_sends_one_receipt(

@@ -29,16 +29,6 @@ ZH, EN = Translator("zh"), Translator("en")
 
 
 @pytest.fixture
-async def tg() -> AsyncIterator[FakeTelegram]:
-    server = FakeTelegram()
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.close()
-
-
-@pytest.fixture
 async def bot(tmp_path: Path, database_url: str, tg: FakeTelegram) -> AsyncIterator[BotProcess]:
     # The sale tests answer instantly, as no person does: lift the per-chat pacing so they do
     # not wait a second a message. The limits themselves are tested in test_telegram_flow.py.

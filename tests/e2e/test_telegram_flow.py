@@ -19,16 +19,6 @@ CHAT_BURST, PER_SECOND = 3, 30
 
 
 @pytest.fixture
-async def tg() -> AsyncIterator[FakeTelegram]:
-    server = FakeTelegram()
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.close()
-
-
-@pytest.fixture
 async def bot(tmp_path: Path, database_url: str, tg: FakeTelegram) -> AsyncIterator[BotProcess]:
     process = BotProcess(tmp_path, database_url, tg.base_url)  # the default, real limits
     watch_queue(tg, database_url)

@@ -40,16 +40,6 @@ ALICE, BOB = User(5001), User(5002)
 
 
 @pytest.fixture
-async def tg() -> AsyncIterator[FakeTelegram]:
-    server = FakeTelegram()
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.close()
-
-
-@pytest.fixture
 async def bot(tmp_path: Path, database_url: str, tg: FakeTelegram) -> AsyncIterator[BotProcess]:
     process = BotProcess(
         tmp_path,
